@@ -1,0 +1,3 @@
+from consul_sync.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""The ``consul-sync`` command.
+
+``run`` (default), ``run --once``, ``plan``, ``render``, ``plugins``,
+``check-config``; ``--config FILE``; ``--version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+import anyio
+import attrs
+import pluggy
+import yaml
+
+from . import logs
+from ._version import __version__
+from .config import Settings, effective, load_settings, secrets_of
+from .errors import ConfigError, ConsulSyncError
+from .health import ProbeServer, parse_listen_address
+from .metrics import Metrics
+from .model import Action, Sink, Source
+from .plugins import collect_types, describe, make_plugin_manager
+from .registry import Context, TypeRegistry
+from .runtime import Runtime, watch_signals
+
+log = logging.getLogger("consul_sync")
+
+EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
+
+
+@attrs.define
+class App:
+    """Everything one invocation needs, built in one place (tests reuse it)."""
+
+    pm: pluggy.PluginManager
+    registry: TypeRegistry
+    settings: Settings
+    metrics: Metrics
+    context: Context
+    runtime: Runtime
+
+
+def build_app(
+    settings: Settings,
+    pm: pluggy.PluginManager,
+    registry: TypeRegistry,
+    *,
+    metrics: Metrics | None = None,
+    context: Context | None = None,
+) -> App:
+    metrics = metrics or Metrics()
+    metrics.build.info({"version": __version__})
+    context = context or Context(metrics=metrics)
+    context.metrics = metrics
+    context.namespace = settings.namespace
+    context.add_secret = logs.REDACTOR.add
+    for value in secrets_of(settings):
+        logs.REDACTOR.add(value)
+    sources: list[Source] = [
+        registry.sources[c.type](c.name, c.config, context) for c in settings.sources
+    ]
+    sinks: list[Sink] = [registry.sinks[c.type](c.name, c.config, context) for c in settings.sinks]
+    runtime = Runtime(settings, sources, sinks, pm, metrics)
+    context.mark_dirty = runtime.mark_dirty
+    context.desired_keys = runtime.desired_keys
+    return App(pm, registry, settings, metrics, context, runtime)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consul-sync",
+        description="Sync services tagged in Consul into Kubernetes headless Services and "
+        "EndpointSlices.",
+    )
+    parser.add_argument("--version", action="version", version=f"consul-sync {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file declaring sources and sinks (default: environment "
+        "variables, one consul source into one kubernetes sink)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="watch and sync until stopped (the default)")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="one full reconcile, then exit 0 on success, 1 on failure",
+    )
+    commands.add_parser(
+        "plan",
+        help="print the changes a sync would make; write nothing (exit 0: none, 2: some, 1: error)",
+    )
+    commands.add_parser("render", help="print the desired objects as YAML; contact no sink")
+    commands.add_parser("plugins", help="list loaded plugins and their source and sink types")
+    commands.add_parser(
+        "check-config", help="validate and print the effective configuration (secrets masked)"
+    )
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    plugins: Sequence[Any] = (),
+) -> int:
+    args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    out = stdout or sys.stdout
+    command = args.command or "run"
+    logs.setup(env.get("LOG_LEVEL", "info"), env.get("LOG_FORMAT", "json"))
+    try:
+        pm = make_plugin_manager(plugins=plugins, environ=env)
+        registry = collect_types(pm)
+    except Exception as exc:
+        print(f"consul-sync: cannot load plugins: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if command == "plugins":
+        return _plugins(pm, registry, out)
+    try:
+        settings = load_settings(registry, path=args.config, environ=env)
+    except ConfigError as exc:
+        where = args.config or "environment"
+        print(f"consul-sync: invalid configuration ({where}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    logs.setup(settings.log_level, settings.log_format)
+    if command == "check-config":
+        print(json.dumps(effective(settings), indent=2), file=out)
+        return EXIT_OK
+    try:
+        app = build_app(settings, pm, registry)
+    except ConsulSyncError as exc:
+        print(f"consul-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if command == "render":
+        return anyio.run(_render, app, out)
+    if command == "plan":
+        return anyio.run(_plan, app, out)
+    if getattr(args, "once", False):
+        return anyio.run(_once, app)
+    return anyio.run(serve, app, env.get("CONSUL_SYNC_COMMIT"))
+
+
+def _plugins(pm: pluggy.PluginManager, registry: TypeRegistry, out: TextIO) -> int:
+    for info in describe(pm, registry):
+        origin = (
+            f"{info.distribution} {info.version}"
+            if info.distribution
+            else "registered directly (no distribution)"
+        )
+        print(f"{info.name}  ({origin})", file=out)
+        if info.source_types:
+            print(f"  source types: {', '.join(info.source_types)}", file=out)
+        if info.sink_types:
+            print(f"  sink types:   {', '.join(info.sink_types)}", file=out)
+        print(f"  hooks:        {', '.join(info.hooks) or '-'}", file=out)
+    return EXIT_OK
+
+
+async def _render(app: App, out: TextIO) -> int:
+    runtime = app.runtime
+    try:
+        await runtime.read_sources()
+        runtime._recompute(None)
+        services = [runtime.desired[key] for key in sorted(runtime.desired)]
+        documents: list[dict[str, Any]] = []
+        for sink in runtime.sinks:
+            documents.extend(sink.render(services))
+        out.write(yaml.safe_dump_all(documents, sort_keys=False) if documents else "")
+    finally:
+        await runtime.close()
+    incomplete = runtime.incomplete_sources()
+    if incomplete:
+        log.error("incomplete sources: %s", ", ".join(sorted(incomplete)))
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _plan(app: App, out: TextIO) -> int:
+    try:
+        plans = await app.runtime.plan_only()
+    except ConsulSyncError as exc:
+        print(f"consul-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    changes = 0
+    for sink, the_plan in plans.items():
+        for change in the_plan.changes:
+            changes += 1
+            detail = ""
+            if change.action is not Action.DELETE and change.desired is not None:
+                detail = f" ({len(change.desired.endpoints)} endpoints)"
+            print(
+                f"{sink}: {change.action.value} {change.key[0]}/{change.key[1]}{detail}", file=out
+            )
+        for key in the_plan.conflicts:
+            print(f"{sink}: conflict {key[0]}/{key[1]} (exists, not ours: left alone)", file=out)
+        for key in the_plan.withheld:
+            print(f"{sink}: withheld delete {key[0]}/{key[1]}", file=out)
+        if the_plan.guard:
+            print(f"{sink}: {the_plan.guard}", file=out)
+    if not changes:
+        print("no changes", file=out)
+    return EXIT_CHANGES if changes else EXIT_OK
+
+
+async def _once(app: App) -> int:
+    result = await app.runtime.run_once()
+    for name, reason in result.unreachable.items():
+        log.error("%s: %s", name, reason)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def serve(app: App, commit: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT: probes, signals and the runtime in one task group."""
+    probes = ProbeServer(app.runtime.readiness, app.metrics.registry, commit=commit)
+    try:
+        parse_listen_address(app.settings.metrics_addr)
+    except ValueError as exc:
+        print(f"consul-sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    async with anyio.create_task_group() as tg:
+        await tg.start(probes.serve, app.settings.metrics_addr)
+        tg.start_soon(watch_signals, app.runtime)
+        await app.runtime.run()
+        tg.cancel_scope.cancel()
+    log.info("stopped")
+    return EXIT_OK

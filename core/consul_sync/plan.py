@@ -1,0 +1,234 @@
+"""The planner: desired state versus what a sink owns, as a list of changes.
+
+Pure functions, no I/O (import-linter checks it).  Two steps:
+
+``merge``
+    Sources are merged per key ``(namespace, name)`` in configuration
+    order.  The first source that has a key is its *primary*: its ports,
+    and on a clash its labels and annotations, win; endpoints are the union
+    of every source's endpoints.  An endpoint from another source whose
+    primary port number differs keeps its own number (as a per-endpoint
+    port), so traffic still reaches it.  Every clash is reported as a
+    warning; the result does not depend on the order snapshots arrived in.
+
+``plan``
+    For each key in scope: absent in the sink -> create; owned and
+    different -> update; held by an object we do not own -> a conflict
+    (reported, never touched); owned but no longer desired -> delete, subject
+    to the policy and the prune guard:
+
+    * ``sync`` creates, updates and deletes; ``upsert-only`` never deletes;
+      ``create-only`` neither updates nor deletes.
+    * Nothing is deleted on behalf of a source whose snapshot is not
+      complete (an object whose origin is unknown waits for every source to
+      be complete).
+    * A pass that would delete more than ``max_prune_fraction`` of what the
+      sink owns, and more than ``prune_floor`` objects, deletes nothing and
+      says so in :attr:`Plan.guard`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from .model import Action, Change, DesiredService, Endpoint, Observed, ServiceKey, Snapshot
+
+
+class Policy(enum.StrEnum):
+    SYNC = "sync"
+    UPSERT_ONLY = "upsert-only"
+    CREATE_ONLY = "create-only"
+
+
+DEFAULT_MAX_PRUNE_FRACTION = 0.5
+DEFAULT_PRUNE_FLOOR = 3
+
+
+@attrs.frozen
+class Plan:
+    """The outcome of one planning pass for one sink."""
+
+    changes: tuple[Change, ...] = ()
+    #: Desired keys occupied by an object the sink does not own.
+    conflicts: tuple[ServiceKey, ...] = ()
+    #: Owned keys that would have been deleted but were held back.
+    withheld: tuple[ServiceKey, ...] = ()
+    #: Why the prune guard held every delete back (``None``: it did not trip).
+    guard: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def count(self, action: Action) -> int:
+        return sum(1 for change in self.changes if change.action is action)
+
+
+# --- merge -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Merged:
+    services: dict[ServiceKey, DesiredService]
+    warnings: tuple[str, ...] = ()
+
+
+def merge(snapshots: Sequence[Snapshot], keys: Iterable[ServiceKey] | None = None) -> Merged:
+    """Merge snapshots given in configuration order; only ``keys`` if given."""
+    if keys is None:
+        wanted: set[ServiceKey] = set()
+        for snapshot in snapshots:
+            wanted.update(snapshot.services)
+    else:
+        wanted = set(keys)
+    services: dict[ServiceKey, DesiredService] = {}
+    warnings: list[str] = []
+    for key in sorted(wanted):
+        parts = [s.services[key] for s in snapshots if key in s.services]
+        if not parts:
+            continue
+        if len(parts) == 1:
+            services[key] = parts[0]
+            continue
+        service, clashes = _merge_one(parts)
+        services[key] = service
+        warnings.extend(clashes)
+    return Merged(services, tuple(warnings))
+
+
+def _merge_one(parts: list[DesiredService]) -> tuple[DesiredService, list[str]]:
+    primary = parts[0]
+    where = f"{primary.namespace}/{primary.name}"
+    warnings: list[str] = []
+    endpoints: list[Endpoint] = list(primary.endpoints)
+    labels = dict(primary.labels)
+    annotations = dict(primary.annotations)
+    primary_number = primary.ports[0].port if primary.ports else None
+    for other in parts[1:]:
+        if other.ports != primary.ports:
+            warnings.append(
+                f"service {where}: sources {_names(primary)} and {_names(other)} declare "
+                f"different ports; using those of {_names(primary)} (the first in the "
+                "configuration) and keeping each endpoint's own port number"
+            )
+        for endpoint in other.endpoints:
+            number = other.port_for(endpoint)
+            if endpoint.port is None and number != primary_number:
+                endpoint = attrs.evolve(endpoint, port=number)
+            endpoints.append(endpoint)
+        for mine, theirs, what in (
+            (labels, other.labels, "label"),
+            (annotations, other.annotations, "annotation"),
+        ):
+            for name, value in theirs:
+                if name not in mine:
+                    mine[name] = value
+                elif mine[name] != value:
+                    warnings.append(
+                        f"service {where}: {what} {name!r} is {mine[name]!r} in "
+                        f"{_names(primary)} and {value!r} in {_names(other)}; "
+                        f"keeping {mine[name]!r}"
+                    )
+    merged = DesiredService(
+        name=primary.name,
+        namespace=primary.namespace,
+        ports=primary.ports,
+        endpoints=endpoints,
+        labels=labels,
+        annotations=annotations,
+        sources=[name for part in parts for name in part.sources],
+    )
+    return merged, warnings
+
+
+def _names(service: DesiredService) -> str:
+    return "+".join(service.sources) or "?"
+
+
+# --- plan --------------------------------------------------------------------
+
+
+def plan(
+    desired: Mapping[ServiceKey, DesiredService],
+    observed: Mapping[ServiceKey, Observed],
+    *,
+    policy: Policy = Policy.SYNC,
+    incomplete_sources: Iterable[str] = (),
+    scope: Iterable[ServiceKey] | None = None,
+    max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
+    prune_floor: int = DEFAULT_PRUNE_FLOOR,
+) -> Plan:
+    """Changes that make ``observed`` equal ``desired`` for the keys in scope.
+
+    ``scope`` limits planning to the keys that changed (``None``: all keys
+    of both sides).  The prune guard always measures against everything the
+    sink owns, not just the scope.
+    """
+    incomplete = frozenset(incomplete_sources)
+    keys = set(desired) | set(observed) if scope is None else set(scope)
+    changes: list[Change] = []
+    deletes: list[Change] = []
+    conflicts: list[ServiceKey] = []
+    withheld: list[ServiceKey] = []
+    for key in sorted(keys):
+        want = desired.get(key)
+        have = observed.get(key)
+        if want is not None:
+            if have is None:
+                changes.append(Change(Action.CREATE, key, want))
+            elif not have.owned:
+                conflicts.append(key)
+            elif have.service != want and policy is not Policy.CREATE_ONLY:
+                changes.append(Change(Action.UPDATE, key, want, have))
+        elif have is not None and have.owned and policy is Policy.SYNC:
+            if _origin_incomplete(have, incomplete):
+                withheld.append(key)
+            else:
+                deletes.append(Change(Action.DELETE, key, None, have))
+
+    guard = None
+    owned = sum(1 for item in observed.values() if item.owned)
+    if len(deletes) > prune_floor and len(deletes) > max_prune_fraction * owned:
+        guard = (
+            f"prune guard: refusing to delete {len(deletes)} of {owned} owned services "
+            f"(more than {max_prune_fraction:.0%} and more than {prune_floor}); "
+            "if this is intended, raise MAX_PRUNE_FRACTION"
+        )
+        withheld.extend(change.key for change in deletes)
+        deletes = []
+    return Plan(
+        changes=tuple(changes + deletes),
+        conflicts=tuple(conflicts),
+        withheld=tuple(sorted(withheld)),
+        guard=guard,
+    )
+
+
+def _origin_incomplete(have: Observed, incomplete: frozenset[str]) -> bool:
+    if not incomplete:
+        return False
+    if have.sources is None:  # origin unknown: wait until every source is complete
+        return True
+    return any(source in incomplete for source in have.sources)
+
+
+def observed_after(change: Change) -> Observed | None:
+    """What the sink holds under ``change.key`` once ``change`` was applied."""
+    if change.action is Action.DELETE or change.desired is None:
+        return None
+    return Observed(change.key, True, change.desired, change.desired.sources)
+
+
+def apply_to(observed: Mapping[ServiceKey, Observed], result: Plan) -> dict[ServiceKey, Observed]:
+    """``observed`` with every change of ``result`` applied (a model sink)."""
+    after = dict(observed)
+    for change in result.changes:
+        new = observed_after(change)
+        if new is None:
+            after.pop(change.key, None)
+        else:
+            after[change.key] = new
+    return after

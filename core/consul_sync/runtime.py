@@ -1,0 +1,623 @@
+"""The anyio runtime: watch -> diff -> apply -> prune.
+
+One root task group holds a task per source, the reconciler, the resync
+timer and (in ``serve``) the probe server and the signal watcher.
+
+Sources publish snapshots.  The runtime keeps each source's latest one,
+works out which keys changed and marks them *dirty*.  The reconciler waits
+for dirty keys, gathers a burst for ``coalesce_window``, merges and
+transforms only the dirty keys, plans them against each sink's view, and
+applies the changes with at most ``sink.concurrency`` writes in flight.  A
+failed write is retried for that key alone, with exponential backoff and
+jitter, while the rest proceeds; a change the sink rejects for good is not
+retried until the desired service changes again.  Every
+``resync_interval`` a full pass reads every source and sink afresh and
+plans every key.
+
+Readiness: after every source has delivered a complete snapshot and the
+first full pass that followed has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import attrs
+import pluggy
+from anyio.abc import TaskStatus
+
+from .config import Settings
+from .errors import SinkError
+from .metrics import Metrics
+from .model import Action, Change, DesiredService, Observed, ServiceKey, Sink, Snapshot, Source
+from .plan import Plan, merge, plan
+from .plugins import transform
+
+log = logging.getLogger("consul_sync.runtime")
+
+
+@attrs.define
+class _Retry:
+    attempts: int = 0
+    due: float = 0.0
+
+
+@attrs.define
+class SinkState:
+    sink: Sink
+    limiter: anyio.CapacityLimiter
+    view: Mapping[ServiceKey, Observed] | None = None
+    retries: dict[ServiceKey, _Retry] = attrs.field(factory=dict)
+    #: key -> (desired service that was rejected, message): not retried
+    #: until the desired service changes.
+    rejected: dict[ServiceKey, tuple[DesiredService | None, str]] = attrs.field(factory=dict)
+    failing: dict[ServiceKey, str] = attrs.field(factory=dict)
+    conflicts: frozenset[ServiceKey] = frozenset()
+    guard: str | None = None
+    withheld: frozenset[ServiceKey] = frozenset()
+    error: str | None = None
+
+
+@attrs.define
+class PassResult:
+    """What one reconcile pass did, per sink."""
+
+    plans: dict[str, Plan] = attrs.field(factory=dict)
+    failed: dict[str, dict[ServiceKey, str]] = attrs.field(factory=dict)
+    unreachable: dict[str, str] = attrs.field(factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreachable and not any(self.failed.values())
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: Sequence[Source],
+        sinks: Sequence[Sink],
+        pm: pluggy.PluginManager,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.sources = list(sources)
+        self.sinks = list(sinks)
+        self.pm = pm
+        self.metrics = metrics
+        self.clock = clock
+        self.snapshots: dict[str, Snapshot] = {}
+        self.ever_complete: set[str] = set()
+        self.desired: dict[ServiceKey, DesiredService] = {}
+        self.states = {
+            sink.name: SinkState(sink, anyio.CapacityLimiter(max(1, sink.concurrency)))
+            for sink in self.sinks
+        }
+        self._dirty: dict[ServiceKey, float] = {}
+        self._full_requested = True
+        self._wake = anyio.Event()
+        self._ready = False
+        self._ready_reason = "waiting for the first complete snapshot of every source"
+        self._stopping = False
+        self._pass_scope: anyio.CancelScope | None = None
+        self._endpoints = 0
+        self.passes = 0
+        #: Changes whenever a desired key appears or disappears.
+        self.keys_version = 0
+
+    # --- publishing -------------------------------------------------------
+
+    def _order(self) -> list[Snapshot]:
+        return [self.snapshots[s.name] for s in self.sources if s.name in self.snapshots]
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        """Take a source's new snapshot (the ``publish`` given to ``Source.run``)."""
+        self.accept(snapshot)
+
+    def accept(self, snapshot: Snapshot) -> set[ServiceKey]:
+        name = snapshot.source
+        previous = self.snapshots.get(name)
+        services = snapshot.services
+        if not snapshot.complete and previous is not None:
+            # A failed or partial read loses nothing: keep what we knew.
+            services = {**previous.services, **services}
+            snapshot = attrs.evolve(snapshot, services=services, changed=None)
+        if previous is None:
+            changed = set(services)
+        elif snapshot.changed is not None:
+            changed = set(snapshot.changed)
+        else:
+            old = previous.services
+            changed = {k for k in old.keys() | services.keys() if old.get(k) != services.get(k)}
+        if snapshot.complete and not services and previous is not None and previous.services:
+            self.metrics.source_empty.labels(source=name).inc()
+            log.warning(
+                "source %s now reports no services at all (it had %d); deletes go through "
+                "the prune guard. If this is unexpected, check the source's token and ACLs.",
+                name,
+                len(previous.services),
+                extra={"source": name},
+            )
+        self.snapshots[name] = snapshot
+        self.metrics.source_services.labels(source=name).set(len(services))
+        self.metrics.source_complete.labels(source=name).set(1 if snapshot.complete else 0)
+        if snapshot.complete and name not in self.ever_complete:
+            self.ever_complete.add(name)
+            if self._all_sources_complete_once():
+                self._full_requested = True
+        self.mark_dirty(changed)
+        return changed
+
+    def mark_dirty(self, keys: Iterable[ServiceKey]) -> None:
+        now = self.clock()
+        for key in keys:
+            self._dirty.setdefault(key, now)
+        if self._dirty or self._full_requested:
+            self._wake.set()
+
+    def request_resync(self) -> None:
+        self._full_requested = True
+        self._wake.set()
+
+    def _all_sources_complete_once(self) -> bool:
+        return all(s.name in self.ever_complete for s in self.sources)
+
+    def incomplete_sources(self) -> set[str]:
+        return {
+            s.name
+            for s in self.sources
+            if s.name not in self.snapshots or not self.snapshots[s.name].complete
+        }
+
+    # --- readiness ----------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, self._ready_reason
+        notes = []
+        for name, state in self.states.items():
+            if state.guard:
+                notes.append(f"sink {name}: {state.guard}")
+            if state.error:
+                notes.append(f"sink {name}: {state.error}")
+        incomplete = sorted(self.incomplete_sources())
+        if incomplete:
+            notes.append(
+                "incomplete sources (nothing is pruned for them): " + ", ".join(incomplete)
+            )
+        return True, "ready" + ("; " + "; ".join(notes) if notes else "")
+
+    def _set_ready(self) -> None:
+        if not self._ready:
+            log.info(
+                "ready: every source delivered a complete snapshot and the first apply finished"
+            )
+        self._ready = True
+        self.metrics.ready.set(1)
+
+    # --- desired state ----------------------------------------------------
+
+    def _recompute(self, keys: Iterable[ServiceKey] | None) -> None:
+        merged = merge(self._order(), keys)
+        for warning in merged.warnings:
+            self.metrics.merge_warnings.inc()
+            log.warning(warning)
+        targets = set(self.desired) | set(merged.services) if keys is None else set(keys)
+        before = len(self.desired)
+        added = False
+        for key in targets:
+            old = self.desired.pop(key, None)
+            if old is not None:
+                self._endpoints -= len(old.endpoints)
+            service = merged.services.get(key)
+            if service is not None:
+                service = transform(self.pm, service)
+            if service is not None:
+                if service.key != key:
+                    log.error(
+                        "a transform hook changed the key of %s/%s; ignoring its result", *key
+                    )
+                    service = merged.services[key]
+                self.desired[key] = service
+                self._endpoints += len(service.endpoints)
+                added = added or old is None
+        if added or len(self.desired) != before:
+            self.keys_version += 1
+
+    def desired_keys(self) -> tuple[int, Collection[ServiceKey]]:
+        return self.keys_version, self.desired.keys()
+
+    # --- the reconciler -----------------------------------------------------
+
+    def _next_retry(self) -> float | None:
+        dues = [r.due for st in self.states.values() for r in st.retries.values()]
+        return min(dues) if dues else None
+
+    def _take_due_retries(self) -> set[ServiceKey]:
+        now = self.clock()
+        return {key for st in self.states.values() for key, r in st.retries.items() if r.due <= now}
+
+    async def _reconcile_loop(self) -> None:
+        while not self._stopping:
+            due = self._next_retry()
+            timeout = math.inf if due is None else max(0.0, due - self.clock())
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+            if self._wake.is_set() and self.settings.coalesce_window > 0:
+                await anyio.sleep(self.settings.coalesce_window)
+            self._wake = anyio.Event()
+            await self._guarded_pass()
+
+    async def _guarded_pass(self) -> PassResult | None:
+        # A pass runs shielded so that a stop lets in-flight writes finish;
+        # stop() gives it a deadline of shutdown_timeout.
+        with anyio.CancelScope(shield=True) as scope:
+            self._pass_scope = scope
+            try:
+                if self._full_requested and self._all_sources_complete_once():
+                    self._full_requested = False
+                    return await self.full_pass(read_sources=False)
+                keys = set(self._dirty) | self._take_due_retries()
+                if keys and self.sinks and self._all_sources_complete_once():
+                    return await self.reconcile(keys)
+                if keys and not self._all_sources_complete_once():
+                    # Recompute desired state; apply once every source spoke.
+                    self._recompute(keys)
+                return None
+            finally:
+                self._pass_scope = None
+        return None  # cancelled at the shutdown deadline: writes abandoned
+
+    async def full_pass(self, *, read_sources: bool = True) -> PassResult:
+        """Read sources (optionally) and every sink afresh; plan every key."""
+        if read_sources:
+            await self.read_sources()
+        for state in self.states.values():
+            await self._observe(state, fresh=True)
+        result = await self.reconcile(None)
+        if self._all_sources_complete_once() and not result.unreachable:
+            self._set_ready()
+        return result
+
+    async def read_sources(self) -> None:
+        """One fresh read of every source, published as usual."""
+        for source in self.sources:
+            try:
+                snapshot = await source.snapshot()
+            except Exception as exc:
+                self.metrics.source_errors.labels(source=source.name).inc()
+                log.error(
+                    "source %s: fresh read failed: %s",
+                    source.name,
+                    exc,
+                    extra={"source": source.name},
+                )
+                previous = self.snapshots.get(source.name)
+                snapshot = Snapshot(source.name, previous.services if previous else {}, False)
+            self.accept(snapshot)
+
+    async def _observe(self, state: SinkState, *, fresh: bool) -> bool:
+        try:
+            state.view = await state.sink.observe(fresh=fresh)
+        except Exception as exc:
+            state.error = f"cannot read what it holds: {exc}"
+            log.error("sink %s: %s", state.sink.name, state.error, extra={"sink": state.sink.name})
+            return False
+        state.error = None
+        return True
+
+    async def reconcile(self, keys: set[ServiceKey] | None) -> PassResult:
+        """Plan and apply ``keys`` (``None``: every key) in every sink."""
+        started = self.clock()
+        kind = "full" if keys is None else "incremental"
+        dirty_times = dict(self._dirty)
+        if keys is None:
+            self._dirty.clear()
+        else:
+            for key in keys:
+                self._dirty.pop(key, None)
+        self._recompute(keys)
+        result = PassResult()
+        incomplete = self.incomplete_sources()
+        for name, state in self.states.items():
+            if not await self._observe(state, fresh=False) or state.view is None:
+                result.unreachable[name] = state.error or "unreachable"
+                continue
+            scope = keys
+            if keys is not None:
+                scope = keys | {k for k, r in state.retries.items() if r.due <= self.clock()}
+            the_plan = plan(
+                self.desired,
+                state.view,
+                policy=self.settings.policy,
+                incomplete_sources=incomplete,
+                scope=scope,
+                max_prune_fraction=self.settings.max_prune_fraction,
+            )
+            failed = await self._apply(state, the_plan, dirty_times)
+            result.plans[name] = the_plan
+            result.failed[name] = failed
+            self._report(state, the_plan, scope)
+            if the_plan.changes or the_plan.conflicts or the_plan.withheld:
+                self._hook("consul_sync_after_apply", sink=name, plan=the_plan, failed=failed)
+        status = "success" if result.ok else "error"
+        self.metrics.reconciles.labels(status=status).inc()
+        self.metrics.reconcile_duration.labels(kind=kind).observe(self.clock() - started)
+        self._update_gauges()
+        self.passes += 1
+        return result
+
+    def _report(self, state: SinkState, the_plan: Plan, scope: set[ServiceKey] | None) -> None:
+        name = state.sink.name
+        if the_plan.guard:
+            self.metrics.prune_guard_trips.labels(sink=name).inc()
+            log.error("sink %s: %s", name, the_plan.guard, extra={"sink": name})
+            state.guard = the_plan.guard
+        elif scope is None or the_plan.count(Action.DELETE):
+            state.guard = None
+        new = set(the_plan.conflicts) - state.conflicts
+        # A full pass replaces what we knew; an incremental one replaces its scope.
+        carried_conflicts = set() if scope is None else state.conflicts - scope
+        carried_withheld = set() if scope is None else state.withheld - scope
+        state.conflicts = frozenset(carried_conflicts | set(the_plan.conflicts))
+        state.withheld = frozenset(carried_withheld | set(the_plan.withheld))
+        for key in sorted(new):
+            log.warning(
+                "sink %s: %s/%s exists but is not ours (no consul-sync ownership); "
+                "leaving it alone",
+                name,
+                *key,
+                extra={"sink": name},
+            )
+        self.metrics.conflicts.labels(sink=name).set(len(state.conflicts))
+        self.metrics.prune_withheld.labels(sink=name).set(len(state.withheld))
+
+    async def _apply(
+        self, state: SinkState, the_plan: Plan, dirty_times: Mapping[ServiceKey, float]
+    ) -> dict[ServiceKey, str]:
+        failed: dict[ServiceKey, str] = {}
+        sink = state.sink
+
+        async def one(change: Change) -> None:
+            rejected = state.rejected.get(change.key)
+            if rejected is not None and rejected[0] == change.desired:
+                failed[change.key] = rejected[1]
+                return
+            async with state.limiter:
+                try:
+                    await sink.apply(change)
+                except SinkError as exc:
+                    self._failed(state, change, str(exc), exc.retryable, exc.retry_after)
+                    failed[change.key] = str(exc)
+                    return
+                except Exception as exc:
+                    log.exception(
+                        "sink %s: unexpected error applying %s %s/%s",
+                        sink.name,
+                        change.action,
+                        *change.key,
+                    )
+                    self._failed(state, change, repr(exc), True, None)
+                    failed[change.key] = repr(exc)
+                    return
+            state.retries.pop(change.key, None)
+            state.rejected.pop(change.key, None)
+            state.failing.pop(change.key, None)
+            self.metrics.applies.labels(
+                sink=sink.name, action=change.action.value, status="success"
+            ).inc()
+            since = dirty_times.get(change.key)
+            if since is not None:
+                self.metrics.change_latency.labels(sink=sink.name).observe(self.clock() - since)
+            log.info(
+                "sink %s: %s %s/%s",
+                sink.name,
+                change.action,
+                *change.key,
+                extra={
+                    "sink": sink.name,
+                    "action": change.action.value,
+                    "service": change.key[1],
+                    "namespace": change.key[0],
+                },
+            )
+
+        async with anyio.create_task_group() as tg:
+            for change in the_plan.changes:
+                tg.start_soon(one, change)
+        return failed
+
+    def _failed(
+        self,
+        state: SinkState,
+        change: Change,
+        message: str,
+        retryable: bool,
+        retry_after: float | None,
+    ) -> None:
+        name = state.sink.name
+        self.metrics.applies.labels(sink=name, action=change.action.value, status="error").inc()
+        state.failing[change.key] = message
+        if not retryable:
+            state.rejected[change.key] = (change.desired, message)
+            state.retries.pop(change.key, None)
+            log.error(
+                "sink %s: %s %s/%s rejected, not retrying until it changes: %s",
+                name,
+                change.action,
+                *change.key,
+                message,
+                extra={"sink": name, "service": change.key[1]},
+            )
+            return
+        retry = state.retries.setdefault(change.key, _Retry())
+        retry.attempts += 1
+        delay = min(self.settings.retry_max, self.settings.retry_base * 2 ** (retry.attempts - 1))
+        delay *= random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        retry.due = self.clock() + delay
+        log.warning(
+            "sink %s: %s %s/%s failed (attempt %d), retrying in %.1fs: %s",
+            name,
+            change.action,
+            *change.key,
+            retry.attempts,
+            delay,
+            message,
+            extra={"sink": name, "service": change.key[1]},
+        )
+
+    def _update_gauges(self) -> None:
+        troubled: set[ServiceKey] = set()
+        for state in self.states.values():
+            troubled |= state.conflicts | set(state.failing)
+        self.metrics.services.set(len(self.desired.keys() - troubled))
+        self.metrics.endpoints.set(self._endpoints)
+
+    def _hook(self, name: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.pm.hook, name)(**kwargs)
+        except Exception:
+            log.exception("a plugin's %s hook failed", name)
+
+    # --- tasks ------------------------------------------------------------
+
+    async def _run_source(self, source: Source) -> None:
+        attempt = 0
+        while not self._stopping:
+            started = self.clock()
+            try:
+                await source.run(self.publish)
+                return
+            except Exception as exc:
+                self.metrics.source_errors.labels(source=source.name).inc()
+                previous = self.snapshots.get(source.name)
+                if previous is not None and previous.complete:
+                    self.accept(attrs.evolve(previous, complete=False, changed=frozenset()))
+                attempt = 0 if self.clock() - started > 60 else attempt + 1
+                delay = min(60.0, 2.0**attempt) * random.uniform(0.5, 1.0)
+                log.error(
+                    "source %s stopped with an error, restarting in %.1fs: %s",
+                    source.name,
+                    delay,
+                    exc,
+                    extra={"source": source.name},
+                )
+                await anyio.sleep(delay)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.resync_interval)
+            log.debug("periodic full resync")
+            for source in self.sources:
+                resync = getattr(source, "resync", None)
+                if resync is not None:
+                    await resync()
+                else:
+                    try:
+                        self.accept(await source.snapshot())
+                    except Exception as exc:
+                        self.metrics.source_errors.labels(source=source.name).inc()
+                        log.error("source %s: resync read failed: %s", source.name, exc)
+            self.request_resync()
+
+    async def open_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.open()
+            except Exception as exc:
+                self.states[sink.name].error = f"cannot open: {exc}"
+                log.error("sink %s: cannot open: %s", sink.name, exc)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Watch and reconcile until :meth:`stop` (or cancellation)."""
+        self._stopping = False
+        await self.open_sinks()
+        self._hook("consul_sync_started", runtime=self)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for source in self.sources:
+                    tg.start_soon(self._run_source, source, name=f"source:{source.name}")
+                tg.start_soon(self._reconcile_loop, name="reconciler")
+                tg.start_soon(self._resync_loop, name="resync")
+                task_status.started()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        """Stop watching; let an in-flight pass finish within shutdown_timeout."""
+        if self._stopping:
+            return
+        log.info("stopping: in-flight writes get %.0fs to finish", self.settings.shutdown_timeout)
+        self._stopping = True
+        if self._pass_scope is not None:
+            self._pass_scope.deadline = anyio.current_time() + self.settings.shutdown_timeout
+        tg = getattr(self, "_tg", None)
+        if tg is not None:
+            tg.cancel_scope.cancel()
+
+    async def close(self) -> None:
+        self._hook("consul_sync_stopping")
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            for item in (*self.sources, *self.sinks):
+                try:
+                    await item.aclose()
+                except Exception:
+                    log.exception("closing %s failed", item.name)
+
+    async def run_once(self) -> PassResult:
+        """One full reconcile: read every source and sink, apply, return."""
+        await self.open_sinks()
+        try:
+            result = await self.full_pass(read_sources=True)
+            incomplete = self.incomplete_sources()
+            if incomplete:
+                result.unreachable.update(
+                    {f"source:{name}": "incomplete snapshot" for name in incomplete}
+                )
+            return result
+        finally:
+            await self.close()
+
+    async def plan_only(self) -> dict[str, Plan]:
+        """Read everything, plan every key, write nothing."""
+        await self.open_sinks()
+        try:
+            await self.read_sources()
+            self._recompute(None)
+            plans = {}
+            for name, state in self.states.items():
+                if not await self._observe(state, fresh=True) or state.view is None:
+                    raise SinkError(f"sink {name}: {state.error}")
+                plans[name] = plan(
+                    self.desired,
+                    state.view,
+                    policy=self.settings.policy,
+                    incomplete_sources=self.incomplete_sources(),
+                    max_prune_fraction=self.settings.max_prune_fraction,
+                )
+            return plans
+        finally:
+            await self.close()
+
+
+async def watch_signals(runtime: Runtime) -> None:
+    """SIGTERM or SIGINT -> ``runtime.stop()``; a second one stops at once."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            if runtime._stopping:
+                raise SystemExit(1)
+            runtime.stop()
+            return

@@ -1,0 +1,207 @@
+"""Pure conversion from Consul's view of a service to the model.
+
+Shared by the ``consul`` source (instances from ``/v1/health/service``)
+and the ``file`` source (service definitions from ``consul.d/*.json``).
+
+Consul ``Meta`` keys that steer the Kubernetes side (on any instance; the
+first instance in ID order that sets a key wins):
+
+``k8s-name``          the Kubernetes Service name (default: the Consul name)
+``k8s-port-name``     the Service port name (default ``http``)
+``k8s-app-protocol``  the port's appProtocol (default: none)
+``k8s-protocol``      TCP, UDP or SCTP (default TCP)
+
+Invalid values are warned about and ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from consul_sync.model import DesiredService, Endpoint, Port, freeze_pairs
+
+META_NAME = "k8s-name"
+META_PORT_NAME = "k8s-port-name"
+META_APP_PROTOCOL = "k8s-app-protocol"
+META_PROTOCOL = "k8s-protocol"
+DEFAULT_PORT_NAME = "http"
+
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_IANA_SVC = re.compile(r"(?=.{1,15}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_APP_PROTOCOL = re.compile(r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+class Health(enum.StrEnum):
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    MAINTENANCE = "maintenance"
+
+
+@attrs.frozen
+class HealthPolicy:
+    """How an instance's health shows in the endpoint conditions.
+
+    passing -> ready; warning -> serving but not ready (``warning_ready``
+    makes it ready); critical and maintenance -> present with ready=False,
+    or left out when ``include_unhealthy`` is False.
+    """
+
+    warning_ready: bool = False
+    include_unhealthy: bool = True
+
+    def conditions(self, health: Health) -> tuple[bool, bool] | None:
+        """``(ready, serving)``, or ``None`` to leave the instance out."""
+        if health is Health.PASSING:
+            return True, True
+        if health is Health.WARNING:
+            return self.warning_ready, True
+        if not self.include_unhealthy:
+            return None
+        return False, False
+
+
+@attrs.frozen
+class Instance:
+    """One instance of a Consul service, whatever API it came from."""
+
+    service: str
+    id: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = attrs.field(converter=freeze_pairs, default=())
+    health: Health = Health.PASSING
+    node: str | None = None
+
+
+@attrs.frozen
+class Converted:
+    service: DesiredService | None
+    warnings: tuple[str, ...] = ()
+
+
+def to_desired(
+    name: str,
+    instances: Sequence[Instance],
+    *,
+    namespace: str,
+    source: str,
+    policy: HealthPolicy = HealthPolicy(),
+    where: str = "",
+) -> Converted:
+    """Build the desired service for Consul service ``name``.
+
+    ``instances`` must all belong to ``name``; ``where`` prefixes warnings
+    (e.g. the file or the agent they came from).
+    """
+    prefix = f"{where}: " if where else ""
+    warnings: list[str] = []
+    ordered = sorted(instances, key=lambda i: i.id)
+    meta = _first_meta(ordered)
+    k8s_name = name
+    if META_NAME in meta:
+        if _DNS1035.fullmatch(meta[META_NAME]):
+            k8s_name = meta[META_NAME]
+        else:
+            warnings.append(
+                f"{prefix}service {name!r}: Meta {META_NAME}={meta[META_NAME]!r} is "
+                "not a DNS-1035 label (lowercase letters, digits, '-', starting "
+                "with a letter, at most 63); ignored"
+            )
+    port_name = DEFAULT_PORT_NAME
+    if META_PORT_NAME in meta:
+        if _IANA_SVC.fullmatch(meta[META_PORT_NAME]) and re.search("[a-z]", meta[META_PORT_NAME]):
+            port_name = meta[META_PORT_NAME]
+        else:
+            warnings.append(
+                f"{prefix}service {name!r}: Meta {META_PORT_NAME}="
+                f"{meta[META_PORT_NAME]!r} is not a valid port name (lowercase "
+                "letters, digits and '-', at most 15, with a letter); ignored"
+            )
+    app_protocol = None
+    if META_APP_PROTOCOL in meta:
+        if _APP_PROTOCOL.fullmatch(meta[META_APP_PROTOCOL]):
+            app_protocol = meta[META_APP_PROTOCOL]
+        else:
+            warnings.append(
+                f"{prefix}service {name!r}: Meta {META_APP_PROTOCOL}="
+                f"{meta[META_APP_PROTOCOL]!r} is not a valid appProtocol; ignored"
+            )
+    protocol = "TCP"
+    if META_PROTOCOL in meta:
+        if meta[META_PROTOCOL].upper() in ("TCP", "UDP", "SCTP"):
+            protocol = meta[META_PROTOCOL].upper()
+        else:
+            warnings.append(
+                f"{prefix}service {name!r}: Meta {META_PROTOCOL}="
+                f"{meta[META_PROTOCOL]!r} is not TCP, UDP or SCTP; ignored"
+            )
+    if not ordered:
+        return Converted(None, tuple(warnings))
+    # The service port is the most common instance port (ties: the lowest);
+    # instances on other ports carry their own number.
+    counts: dict[int, int] = {}
+    for instance in ordered:
+        counts[instance.port] = counts.get(instance.port, 0) + 1
+    service_port = min(counts, key=lambda p: (-counts[p], p))
+    endpoints = []
+    for instance in ordered:
+        conditions = policy.conditions(instance.health)
+        if conditions is None:
+            continue
+        ready, serving = conditions
+        endpoints.append(
+            Endpoint(
+                address=instance.address,
+                port=None if instance.port == service_port else instance.port,
+                ready=ready,
+                serving=serving,
+                node_name=None,
+            )
+        )
+    service = DesiredService(
+        name=k8s_name,
+        namespace=namespace,
+        ports=[Port(port_name, service_port, protocol, app_protocol)],
+        endpoints=endpoints,
+        annotations={"consul-sync.io/consul-service": name} if k8s_name != name else {},
+        sources=[source],
+    )
+    return Converted(service, tuple(warnings))
+
+
+def _first_meta(instances: Iterable[Instance]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for instance in instances:
+        for key, value in instance.meta:
+            meta.setdefault(key, value)
+    return meta
+
+
+def group(instances: Iterable[Instance]) -> dict[str, list[Instance]]:
+    by_name: dict[str, list[Instance]] = {}
+    for instance in instances:
+        by_name.setdefault(instance.service, []).append(instance)
+    return by_name
+
+
+def has_tag(tags: Iterable[str], tag: str | None) -> bool:
+    return tag is None or tag == "" or tag in tags
+
+
+def worst(statuses: Iterable[str]) -> Health:
+    """The health of an instance from its checks' statuses (none: passing)."""
+    order = {"passing": 0, "warning": 1, "critical": 2}
+    level = max((order.get(status, 2) for status in statuses), default=0)
+    return (Health.PASSING, Health.WARNING, Health.CRITICAL)[level]
+
+
+def str_map(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
