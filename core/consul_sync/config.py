@@ -133,7 +133,9 @@ def setting(
 # --- the converter -----------------------------------------------------------
 
 
-def _structure_str(value: object, _: type) -> str:
+def _structure_str(value: object, tp: type) -> str:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):  # a StrEnum is a str too
+        return _structure_enum(value, tp)  # type: ignore[return-value]
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -350,7 +352,7 @@ def load_settings(
             problems.append(f"{kind}: at least one is needed ([[{kind}]] with name and type)")
         components[kind] = _components(kind, items, table, env, from_file, problems)
 
-    if problems or settings is None:
+    if problems or not isinstance(settings, Settings):
         raise ConfigError(problems)
     return attrs.evolve(settings, sources=components["sources"], sinks=components["sinks"])
 

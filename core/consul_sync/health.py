@@ -104,7 +104,7 @@ class ProbeServer:
             local_host=host, local_port=port, reuse_port=False
         )
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
-        self.port = int(sockname[1])  # type: ignore[index]
+        self.port = int(sockname[1])
         log.info("serving /healthz /readyz /metrics /version on %s:%d", host, self.port)
         task_status.started(self.port)
         async with listener:

@@ -117,8 +117,9 @@ def _merge_one(parts: list[DesiredService]) -> tuple[DesiredService, list[str]]:
         for endpoint in other.endpoints:
             number = other.port_for(endpoint)
             if endpoint.port is None and number != primary_number:
-                endpoint = attrs.evolve(endpoint, port=number)
-            endpoints.append(endpoint)
+                endpoints.append(attrs.evolve(endpoint, port=number))
+            else:
+                endpoints.append(endpoint)
         for mine, theirs, what in (
             (labels, other.labels, "label"),
             (annotations, other.annotations, "annotation"),

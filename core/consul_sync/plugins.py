@@ -62,7 +62,7 @@ def collect_types(pm: pluggy.PluginManager) -> TypeRegistry:
     """Ask every plugin for its source and sink types."""
     registry = TypeRegistry()
     for hook in (pm.hook.consul_sync_add_source_types, pm.hook.consul_sync_add_sink_types):
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():  # registration order
             registry.current_plugin = impl.plugin_name
             impl.function(registry=registry)
     registry.current_plugin = "?"
@@ -120,9 +120,9 @@ def transform(pm: pluggy.PluginManager, service: DesiredService) -> DesiredServi
     implementation is logged and skipped.
     """
     current = service
-    # pluggy calls the last registered first; a chain reads better in
-    # registration order.
-    for impl in reversed(pm.hook.consul_sync_transform_service.get_hookimpls()):
+    # pluggy would call the last registered first; a chain reads better in
+    # registration order, which get_hookimpls() gives.
+    for impl in pm.hook.consul_sync_transform_service.get_hookimpls():
         try:
             result: Any = impl.function(service=current)
         except Exception:

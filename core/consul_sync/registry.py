@@ -44,7 +44,7 @@ class TypeRegistry:
         missing = [name for name in _REQUIRED if not hasattr(cls, name)]
         if missing:
             raise RegistrationError(
-                f"plugin {self.current_plugin!r}: {kind} type {cls.__qualname__} lacks "
+                f"plugin {self.current_plugin!r}: {kind} type {cls.__name__} lacks "
                 f"{', '.join(missing)}; see docs/plugins.md"
             )
         if not attrs.has(cls.Config):

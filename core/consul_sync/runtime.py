@@ -570,7 +570,8 @@ class Runtime:
     async def close(self) -> None:
         self._hook("consul_sync_stopping")
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            for item in (*self.sources, *self.sinks):
+            items: list[Source | Sink] = [*self.sources, *self.sinks]
+            for item in items:
                 try:
                     await item.aclose()
                 except Exception:

@@ -232,15 +232,20 @@ def pack(
             homeless.append(endpoint)
     ordered = sorted(slices, key=_slice_order)
     for endpoint in homeless:
-        target = next((n for n in ordered if len(slices[n]) < max_per_slice), None)
-        if target is None:
-            index = 1
-            while (target := base if index == 1 else f"{base}-{index}") in slices:
-                index += 1
-            slices[target] = []
-            ordered.append(target)
-        slices[target].append(endpoint)
+        room = next((n for n in ordered if len(slices[n]) < max_per_slice), None)
+        if room is None:
+            room = _free_name(base, slices)
+            slices[room] = []
+            ordered.append(room)
+        slices[room].append(endpoint)
     return {name: members for name, members in slices.items() if members}
+
+
+def _free_name(base: str, taken: Mapping[str, object]) -> str:
+    index = 1
+    while (name := base if index == 1 else f"{base}-{index}") in taken:
+        index += 1
+    return name
 
 
 def _slice_order(name: str) -> tuple[int, str]:
