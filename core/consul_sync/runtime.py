@@ -104,9 +104,10 @@ class Runtime:
         }
         self._dirty: dict[ServiceKey, float] = {}
         self._full_requested = True
+        self._full_due: float | None = None
+        self._full_failures = 0
         self._wake = anyio.Event()
         self._ready = False
-        self._ready_reason = "waiting for the first complete snapshot of every source"
         self._stopping = False
         self._pass_scope: anyio.CancelScope | None = None
         self._endpoints = 0
@@ -182,7 +183,13 @@ class Runtime:
 
     def readiness(self) -> tuple[bool, str]:
         if not self._ready:
-            return False, self._ready_reason
+            waiting = [s.name for s in self.sources if s.name not in self.ever_complete]
+            if waiting:
+                return False, "waiting for a first complete snapshot from: " + ", ".join(waiting)
+            errors = [f"sink {n}: {st.error}" for n, st in self.states.items() if st.error]
+            if errors:
+                return False, "; ".join(errors)
+            return False, "first apply in progress"
         notes = []
         for name, state in self.states.items():
             if state.guard:
@@ -248,8 +255,8 @@ class Runtime:
 
     async def _reconcile_loop(self) -> None:
         while not self._stopping:
-            due = self._next_retry()
-            timeout = math.inf if due is None else max(0.0, due - self.clock())
+            dues = [d for d in (self._next_retry(), self._full_due) if d is not None]
+            timeout = max(0.0, min(dues) - self.clock()) if dues else math.inf
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
             if self._wake.is_set() and self.settings.coalesce_window > 0:
@@ -263,15 +270,22 @@ class Runtime:
         with anyio.CancelScope(shield=True) as scope:
             self._pass_scope = scope
             try:
-                if self._full_requested and self._all_sources_complete_once():
-                    self._full_requested = False
-                    return await self.full_pass(read_sources=False)
+                if not self._all_sources_complete_once():
+                    return None  # nothing is applied before every source spoke
+                if self._full_requested and (self._full_due or 0) <= self.clock():
+                    self._full_requested, self._full_due = False, None
+                    result = await self.full_pass(read_sources=False)
+                    if result.unreachable:
+                        # Try the full pass again soon, not at the next resync.
+                        self._full_failures += 1
+                        self._full_requested = True
+                        self._full_due = self.clock() + self._backoff(self._full_failures)
+                    else:
+                        self._full_failures = 0
+                    return result
                 keys = set(self._dirty) | self._take_due_retries()
-                if keys and self.sinks and self._all_sources_complete_once():
+                if keys:
                     return await self.reconcile(keys)
-                if keys and not self._all_sources_complete_once():
-                    # Recompute desired state; apply once every source spoke.
-                    self._recompute(keys)
                 return None
             finally:
                 self._pass_scope = None
@@ -461,8 +475,7 @@ class Runtime:
             return
         retry = state.retries.setdefault(change.key, _Retry())
         retry.attempts += 1
-        delay = min(self.settings.retry_max, self.settings.retry_base * 2 ** (retry.attempts - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = self._backoff(retry.attempts)
         if retry_after is not None:
             delay = max(delay, retry_after)
         retry.due = self.clock() + delay
@@ -476,6 +489,13 @@ class Runtime:
             message,
             extra={"sink": name, "service": change.key[1]},
         )
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential backoff with jitter: RETRY_BASE doubling up to RETRY_MAX."""
+        delay = min(
+            float(self.settings.retry_max), self.settings.retry_base * 2.0 ** (attempts - 1)
+        )
+        return delay * random.uniform(0.5, 1.0)
 
     def _update_gauges(self) -> None:
         troubled: set[ServiceKey] = set()

@@ -153,11 +153,11 @@ async def test_readiness_flips_only_after_every_source_and_the_first_apply() -> 
         await tg.start(app.runtime.run)
         await anyio.sleep(0.1)
         ready, why = app.runtime.readiness()
-        assert not ready and "complete snapshot" in why
+        assert not ready and why == "waiting for a first complete snapshot from: src1"
         assert dst.count() == 0  # nothing is applied before every source spoke
         await second.push([service("b", "10.0.0.2", source="src1")])
         await until(lambda: dst.in_flight > 0)
-        assert not app.runtime.readiness()[0]  # applying, not finished
+        assert app.runtime.readiness() == (False, "first apply in progress")
         await until(lambda: app.runtime.readiness()[0])
         assert dst.count() == 2
         assert metric(app, "consul_sync_ready") == 1
@@ -361,4 +361,21 @@ async def test_two_sources_merge_into_one_service() -> None:
         assert web.sources == ("src0", "src1")
         assert metric(app, "consul_sync_services_total") == 1
         assert metric(app, "consul_sync_endpoints_total") == 2
+        app.runtime.stop()
+
+
+async def test_an_unreachable_sink_delays_readiness_and_is_retried_soon() -> None:
+    app = fake_app()
+    src, dst = source(app), sink(app)
+    src.services = {s.key: s for s in [service("a", "10.0.0.1")]}
+    dst.fail_observe = ConnectionError("api server down")
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: len(dst.observes) >= 1)
+        ready, why = app.runtime.readiness()
+        assert not ready and why == "sink sink: cannot read what it holds: api server down"
+        dst.fail_observe = None
+        # retried with backoff (RETRY_BASE 50ms here), not at the next 5m resync
+        await until(lambda: app.runtime.readiness()[0], timeout=3)
+        assert dst.count() == 1
         app.runtime.stop()
