@@ -34,12 +34,8 @@ log = logging.getLogger("consul_sync.file")
 
 @attrs.frozen
 class FileConfig:
-    path: str = setting(
-        env="CONSUL_SYNC_FILE_PATH", help="a service-definition JSON file or a directory of them"
-    )
-    tag: str = setting(
-        "kubernetes", env="CONSUL_TAG", help="only services with this tag (empty: all)"
-    )
+    path: str = setting(help="a service-definition JSON file or a directory of them")
+    tag: str = setting("kubernetes", help="only services with this tag (empty: all)")
     namespace: str | None = setting(None, help="namespace (default: TARGET_NAMESPACE)")
     node_address: str | None = setting(
         None, help="address for services that give none (Consul would use the node's)"

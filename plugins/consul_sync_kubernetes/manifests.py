@@ -43,12 +43,11 @@ log = logging.getLogger("consul_sync.manifests")
 @attrs.frozen
 class ManifestsConfig:
     output: str = setting(
-        "-", env="MANIFESTS_OUTPUT", help="'-' for standard output, or a directory of YAML files"
+        "-", help="'-' for standard output, or a directory of YAML files"
     )
-    owner: str = setting(MANAGER, env="OWNER_ID", help="owner id written on every object")
+    owner: str = setting(MANAGER, help="owner id written on every object")
     max_endpoints_per_slice: int = setting(
         DEFAULT_MAX_PER_SLICE,
-        env="MAX_ENDPOINTS_PER_SLICE",
         help="endpoints per EndpointSlice (1-1000)",
     )
 
