@@ -52,7 +52,13 @@ Where it deliberately differs from real Consul
 * Only one datacenter exists; any other ``dc`` answers 500 ``No path to datacenter``.
 * JSON is compact unless ``pretty=True`` or ``?pretty`` (a real ``-dev`` agent always indents).
 * Messages for errors that were not recorded follow Consul 1.10's source where known, else are
-  close approximations.
+  close approximations. Inferred from the 1.10 source rather than recorded: ``health/state``
+  errors (bad token, unknown dc, bad filter) carry the ``X-Consul-Index: 1`` error headers like
+  ``catalog/services``; ACL-API and ``agent/self`` denials say just ``Permission denied``.
+* Re-registering an instance keeps its checks' status and output (as the agent's check-state
+  snapshot does), drops checks no longer in the definition but keeps a maintenance check. An
+  identical re-registration consumes a raft index but moves no table index.
+* ``agent/self`` returns a small subset of the real document (a superset of the recording).
 """
 
 from __future__ import annotations
@@ -170,8 +176,20 @@ _TEXT_PLAIN: Final = "text/plain; charset=utf-8"
 # Fields of a HealthCheck that a ?filter= on health/state may select.
 CHECK_FILTER_FIELDS: Final = frozenset(
     {
-        "Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName",
-        "ServiceTags", "Type", "Interval", "Timeout", "ExposedPort", "Definition",
+        "Node",
+        "CheckID",
+        "Name",
+        "Status",
+        "Notes",
+        "Output",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "Type",
+        "Interval",
+        "Timeout",
+        "ExposedPort",
+        "Definition",
     }
 )
 # Top-level fields of a CheckServiceNode (health/service entries).
@@ -185,8 +203,14 @@ JSONDict = dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 _DUR_UNITS: Final[dict[str, float]] = {
-    "ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
-    "m": 60.0, "h": 3600.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
 }
 _DUR_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 
@@ -227,8 +251,13 @@ def go_json(obj: Any, *, pretty: bool = False) -> bytes:
         text = json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
     else:
         text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, esc in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         if raw in text:
             text = text.replace(raw, esc)
     return text.encode("utf-8", "surrogatepass")
@@ -704,16 +733,18 @@ def parse_rules(text: str) -> Rules:
 class _Authorizer:
     """Answers ``<kind>:<access>`` on a name from merged rules (exact beats longest prefix)."""
 
-    def __init__(self, rules: Rules | None, *, management: bool = False,
-                 default_allow: bool = False) -> None:
+    def __init__(
+        self, rules: Rules | None, *, management: bool = False, default_allow: bool = False
+    ) -> None:
         self.rules = rules or Rules()
         self.management = management
         self.default_allow = default_allow
 
     @property
     def allow_all(self) -> bool:
-        return self.management or (self.default_allow and not self.rules.exact
-                                   and not self.rules.prefix)
+        return self.management or (
+            self.default_allow and not self.rules.exact and not self.rules.prefix
+        )
 
     def _level(self, kind: str, name: str) -> str | None:
         exact = self.rules.exact.get(kind)
@@ -796,14 +827,40 @@ class _Token:
 
 class _Check:
     __slots__ = (
-        "_json", "check_id", "create_index", "interval", "modify_index", "name", "node", "notes",
-        "output", "service_id", "service_name", "service_tags", "status", "timeout", "type",
+        "_json",
+        "check_id",
+        "create_index",
+        "interval",
+        "modify_index",
+        "name",
+        "node",
+        "notes",
+        "output",
+        "service_id",
+        "service_name",
+        "service_tags",
+        "status",
+        "timeout",
+        "type",
     )
 
-    def __init__(self, *, node: str, check_id: str, name: str, status: str, notes: str = "",
-                 output: str = "", service_id: str = "", service_name: str = "",
-                 service_tags: Sequence[str] = (), type: str = "", interval: str = "",
-                 timeout: str = "", index: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        node: str,
+        check_id: str,
+        name: str,
+        status: str,
+        notes: str = "",
+        output: str = "",
+        service_id: str = "",
+        service_name: str = "",
+        service_tags: Sequence[str] = (),
+        type: str = "",
+        interval: str = "",
+        timeout: str = "",
+        index: int = 0,
+    ) -> None:
         self.node = node
         self.check_id = check_id
         self.name = name
@@ -821,9 +878,18 @@ class _Check:
         self._json: JSONDict | None = None
 
     def content(self) -> tuple[Any, ...]:
-        return (self.name, self.status, self.notes, self.output, self.service_id,
-                self.service_name, tuple(self.service_tags), self.type, self.interval,
-                self.timeout)
+        return (
+            self.name,
+            self.status,
+            self.notes,
+            self.output,
+            self.service_id,
+            self.service_name,
+            tuple(self.service_tags),
+            self.type,
+            self.interval,
+            self.timeout,
+        )
 
     def touch(self, index: int) -> None:
         self.modify_index = index
@@ -857,8 +923,16 @@ def _check_sort_key(check: _Check) -> str:
 
 
 _PROXY_FIELD_ORDER: Final = (
-    "DestinationServiceName", "DestinationServiceID", "LocalServiceAddress", "LocalServicePort",
-    "LocalServiceSocketPath", "Mode", "TransparentProxy", "Config", "Upstreams", "MeshGateway",
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "LocalServiceSocketPath",
+    "Mode",
+    "TransparentProxy",
+    "Config",
+    "Upstreams",
+    "MeshGateway",
     "Expose",
 )
 _PROXY_ALWAYS: Final = {"Mode": "", "MeshGateway": {}, "Expose": {}}
@@ -882,16 +956,44 @@ def _normalise_proxy(raw: Mapping[str, Any] | None) -> JSONDict:
 
 class _Service:
     __slots__ = (
-        "_json", "address", "agent_owned", "checks", "connect", "create_index",
-        "enable_tag_override", "id", "kind", "meta", "modify_index", "name", "node", "port",
-        "proxy", "tagged_addresses", "tags", "weights",
+        "_json",
+        "address",
+        "agent_owned",
+        "checks",
+        "connect",
+        "create_index",
+        "enable_tag_override",
+        "id",
+        "kind",
+        "meta",
+        "modify_index",
+        "name",
+        "node",
+        "port",
+        "proxy",
+        "tagged_addresses",
+        "tags",
+        "weights",
     )
 
-    def __init__(self, *, node: str, id: str, name: str, tags: Sequence[str], address: str,
-                 port: int, meta: Mapping[str, str] | None,
-                 tagged_addresses: Mapping[str, Mapping[str, Any]], kind: str,
-                 proxy: JSONDict, connect: JSONDict, weights: Mapping[str, int],
-                 enable_tag_override: bool, agent_owned: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        node: str,
+        id: str,
+        name: str,
+        tags: Sequence[str],
+        address: str,
+        port: int,
+        meta: Mapping[str, str] | None,
+        tagged_addresses: Mapping[str, Mapping[str, Any]],
+        kind: str,
+        proxy: JSONDict,
+        connect: JSONDict,
+        weights: Mapping[str, int],
+        enable_tag_override: bool,
+        agent_owned: bool = True,
+    ) -> None:
         self.node = node
         self.id = id
         self.name = name
@@ -947,12 +1049,23 @@ def _service_sort_key(svc: _Service) -> tuple[str, str]:
 
 class _Node:
     __slots__ = (
-        "_checks_json", "_json", "address", "checks", "create_index", "id", "meta",
-        "modify_index", "name", "services", "tagged_addresses",
+        "_checks_json",
+        "_json",
+        "address",
+        "check_owners",
+        "checks",
+        "create_index",
+        "id",
+        "meta",
+        "modify_index",
+        "name",
+        "services",
+        "tagged_addresses",
     )
 
-    def __init__(self, *, name: str, id: str, address: str, index: int,
-                 meta: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *, name: str, id: str, address: str, index: int, meta: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.id = id
         self.address = address
@@ -962,6 +1075,8 @@ class _Node:
         self.modify_index = index
         self.checks: dict[str, _Check] = {}  # node-level checks only
         self.services: dict[str, _Service] = {}
+        # Every check ID on the node -> the owning service ID ("" for node-level checks).
+        self.check_owners: dict[str, str] = {}
         self._json: JSONDict | None = None
         self._checks_json: list[JSONDict] | None = None
 
@@ -977,12 +1092,26 @@ class _Node:
 
     def check_owner(self, check_id: str) -> _Service | Literal[False] | None:
         """The service owning ``check_id`` on this node, None for a node check, False if none."""
-        if check_id in self.checks:
-            return None
-        for svc in self.services.values():
-            if check_id in svc.checks:
-                return svc
-        return False
+        owner = self.check_owners.get(check_id)
+        if owner is None:
+            return False
+        return self.services[owner] if owner else None
+
+    def set_node_check(self, check: _Check) -> None:
+        self.checks[check.check_id] = check
+        self.check_owners[check.check_id] = ""
+
+    def drop_node_check(self, check_id: str) -> None:
+        self.checks.pop(check_id, None)
+        self.check_owners.pop(check_id, None)
+
+    def set_service_check(self, svc: _Service, check: _Check) -> None:
+        svc.checks[check.check_id] = check
+        self.check_owners[check.check_id] = svc.id
+
+    def drop_service_check(self, svc: _Service, check_id: str) -> None:
+        svc.checks.pop(check_id, None)
+        self.check_owners.pop(check_id, None)
 
     def invalidate(self) -> None:
         self._json = None
@@ -1017,8 +1146,15 @@ class _Node:
 # --------------------------------------------------------------------------------------------
 
 FaultKind = Literal[
-    "error", "delay", "hang", "close", "reset", "close_mid_body", "truncated_json",
-    "malformed_json", "huge_body",
+    "error",
+    "delay",
+    "hang",
+    "close",
+    "reset",
+    "close_mid_body",
+    "truncated_json",
+    "malformed_json",
+    "huge_body",
 ]
 _BODY_FAULTS: Final = frozenset({"close_mid_body", "truncated_json", "malformed_json", "huge_body"})
 
@@ -1056,8 +1192,14 @@ class RecordedRequest:
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, *, meta: bool = False,
-                 headers: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        meta: bool = False,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -1346,7 +1488,7 @@ class ConsulDouble:
         self._views: dict[str, tuple[int, list[JSONDict]]] = {}
         self._catalog_cache: tuple[int, dict[str, list[str]]] | None = None
         self._checks_cache: tuple[int, list[JSONDict]] | None = None
-        self._state_cache: dict[tuple[Any, ...], tuple[int, list[JSONDict]]] = {}
+        self._state_cache: dict[tuple[Any, ...], tuple[int, list[JSONDict], dict[bool, bytes]]] = {}
         self._materialized: set[tuple[Any, ...]] = set()
 
         # ACL state.
@@ -1375,19 +1517,33 @@ class ConsulDouble:
 
         node = _Node(name=node_name, id=node_id, address=node_address, index=11)
         node.modify_index = 13
-        node.checks["serfHealth"] = self._serf_check(node_name, 11)
+        node.set_node_check(self._serf_check(node_name, 11))
         self._nodes[node_name.lower()] = node
         self._node_names[node_name.lower()] = collections.Counter()
         self.node_name = node_name
         consul = _Service(
-            node=node_name, id="consul", name="consul", tags=(), address="", port=8300,
+            node=node_name,
+            id="consul",
+            name="consul",
+            tags=(),
+            address="",
+            port=8300,
             meta={
-                "non_voter": "false", "raft_version": "3", "read_replica": "false",
-                "serf_protocol_current": "2", "serf_protocol_max": "5",
-                "serf_protocol_min": "1", "version": CONSUL_VERSION,
+                "non_voter": "false",
+                "raft_version": "3",
+                "read_replica": "false",
+                "serf_protocol_current": "2",
+                "serf_protocol_max": "5",
+                "serf_protocol_min": "1",
+                "version": CONSUL_VERSION,
             },
-            tagged_addresses={}, kind="", proxy=_normalise_proxy(None), connect={},
-            weights={"Passing": 1, "Warning": 1}, enable_tag_override=False, agent_owned=False,
+            tagged_addresses={},
+            kind="",
+            proxy=_normalise_proxy(None),
+            connect={},
+            weights={"Passing": 1, "Warning": 1},
+            enable_tag_override=False,
+            agent_owned=False,
         )
         consul.create_index = consul.modify_index = 11
         self._add_instance(consul, node)
@@ -1426,8 +1582,10 @@ class ConsulDouble:
         self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02},
-            name=f"consul-double-{self._port}", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name=f"consul-double-{self._port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -1546,7 +1704,8 @@ class ConsulDouble:
     def request_count(self, path_prefix: str = "", method: str | None = None) -> int:
         with self._fault_lock:
             return sum(
-                1 for r in self._log
+                1
+                for r in self._log
                 if r.path.startswith(path_prefix) and (method is None or r.method == method)
             )
 
@@ -1590,8 +1749,16 @@ class ConsulDouble:
                     body = http.HTTPStatus(status).phrase
                 except ValueError:
                     body = "error"
-        fault = Fault(kind=kind, times=times, path_prefix=path_prefix, method=method,
-                      status=status, body=body, seconds=seconds, size=size)
+        fault = Fault(
+            kind=kind,
+            times=times,
+            path_prefix=path_prefix,
+            method=method,
+            status=status,
+            body=body,
+            seconds=seconds,
+            size=size,
+        )
         with self._fault_lock:
             self._faults.append(fault)
         return fault
@@ -1630,8 +1797,13 @@ class ConsulDouble:
         body = resp.body
         if fault.kind == "close_mid_body":
             full = body if len(body) >= 2 else b'{"padding": "' + b"x" * 64 + b'"}'
-            return _Response(resp.status, resp.headers, full[: len(full) // 2],
-                             declared_length=len(full), close=True)
+            return _Response(
+                resp.status,
+                resp.headers,
+                full[: len(full) // 2],
+                declared_length=len(full),
+                close=True,
+            )
         if fault.kind == "truncated_json":
             return _Response(resp.status, resp.headers, body[: max(1, len(body) // 2)])
         if fault.kind == "malformed_json":
@@ -1689,8 +1861,9 @@ class ConsulDouble:
     def _service_index(self, lname: str) -> int:
         instances = self._by_name.get(lname)
         if not instances:
-            return max(1, self._extinction
-                       or max(self._nodes_idx, self._services_idx, self._checks_idx))
+            return max(
+                1, self._extinction or max(self._nodes_idx, self._services_idx, self._checks_idx)
+            )
         idx = self._svc_idx.get(lname, 0)
         for node in {key[0] for key in instances}:
             idx = max(idx, self._node_level_idx.get(node, 0))
@@ -1728,8 +1901,15 @@ class ConsulDouble:
                 entry.cond.notify_all()
         self._dirty.clear()
 
-    def _wait_for_change(self, key: str, index_fn: Callable[[], int], min_index: int,
-                         timeout: float, generation: int, path: str) -> None:
+    def _wait_for_change(
+        self,
+        key: str,
+        index_fn: Callable[[], int],
+        min_index: int,
+        timeout: float,
+        generation: int,
+        path: str,
+    ) -> None:
         entry = self._conds.get(key)
         if entry is None:
             entry = self._conds[key] = _CondEntry(threading.Condition(self._lock))
@@ -1771,23 +1951,38 @@ class ConsulDouble:
                 self._blocked_cond.wait(remaining)
             return True
 
-    def _block(self, req: _Request, key: str, index_fn: Callable[[], int], opts: _Opts,
-               *, streaming: bool, generation: int) -> int:
+    def _block(
+        self,
+        req: _Request,
+        key: str,
+        index_fn: Callable[[], int],
+        opts: _Opts,
+        *,
+        streaming: bool,
+        generation: int,
+    ) -> int:
         if opts.index > 0 and index_fn() <= opts.index:
             wait = opts.wait if opts.wait is not None and opts.wait > 0 else DEFAULT_WAIT_S
             wait = min(wait, MAX_WAIT_S)
             if not streaming:
                 wait += self._random.random() * wait / JITTER_FRACTION
-            self._wait_for_change(key, index_fn, opts.index, wait * self.time_scale,
-                                  generation, req.path)
+            self._wait_for_change(
+                key, index_fn, opts.index, wait * self.time_scale, generation, req.path
+            )
         return max(1, index_fn())
 
     # ---------------------------------------------------------------- state mutation (internal)
 
     @staticmethod
     def _serf_check(node: str, index: int) -> _Check:
-        return _Check(node=node, check_id="serfHealth", name="Serf Health Status",
-                      status=PASSING, output="Agent alive and reachable", index=index)
+        return _Check(
+            node=node,
+            check_id="serfHealth",
+            name="Serf Health Status",
+            status=PASSING,
+            output="Agent alive and reachable",
+            index=index,
+        )
 
     def _node(self, node: str | None) -> _Node:
         found = self._nodes.get((node or self.node_name).lower())
@@ -1797,12 +1992,16 @@ class ConsulDouble:
 
     def _add_instance(self, svc: _Service, node: _Node) -> None:
         node.services[svc.id] = svc
+        for check_id in svc.checks:
+            node.check_owners[check_id] = svc.id
         lname = svc.name.lower()
         self._by_name.setdefault(lname, {})[(node.name.lower(), svc.id)] = svc
         self._node_names.setdefault(node.name.lower(), collections.Counter())[lname] += 1
 
     def _remove_instance(self, svc: _Service, node: _Node, index: int) -> None:
         node.services.pop(svc.id, None)
+        for check_id in svc.checks:
+            node.check_owners.pop(check_id, None)
         lname = svc.name.lower()
         instances = self._by_name.get(lname, {})
         instances.pop((node.name.lower(), svc.id), None)
@@ -1864,8 +2063,10 @@ class ConsulDouble:
         for key, value in raw_tagged.items():
             if not isinstance(value, dict):
                 raise _HTTPError(400, "Request decode failed: invalid TaggedAddresses entry")
-            tagged[key] = {"Address": _field(value, "Address") or "",
-                           "Port": _field(value, "Port") or 0}
+            tagged[key] = {
+                "Address": _field(value, "Address") or "",
+                "Port": _field(value, "Port") or 0,
+            }
         family = _ip_family(address)
         if family:
             suffix = "ipv4" if family == 4 else "ipv6"
@@ -1882,10 +2083,18 @@ class ConsulDouble:
         }
         connect = _field(body, "Connect") or {}
         return _Service(
-            node=node.name, id=sid, name=name, tags=tags, address=address, port=port,
-            meta=meta, tagged_addresses=tagged, kind=str(kind),
+            node=node.name,
+            id=sid,
+            name=name,
+            tags=tags,
+            address=address,
+            port=port,
+            meta=meta,
+            tagged_addresses=tagged,
+            kind=str(kind),
             proxy=_normalise_proxy(proxy_raw if isinstance(proxy_raw, dict) else None),
-            connect=dict(connect) if isinstance(connect, dict) else {}, weights=weights,
+            connect=dict(connect) if isinstance(connect, dict) else {},
+            weights=weights,
             enable_tag_override=bool(_field(body, "EnableTagOverride") or False),
         )
 
@@ -1921,21 +2130,26 @@ class ConsulDouble:
                 raise _HTTPError(400, "Invalid check: TTL must be > 0 for TTL checks")
             status = _field(spec, "Status") or CRITICAL
             if status not in _STATUSES:
-                raise _HTTPError(
-                    400, "Status for checks must 'passing', 'warning', 'critical'"
-                )
+                raise _HTTPError(400, "Status for checks must 'passing', 'warning', 'critical'")
             check_id = _field(spec, "CheckID") or _field(spec, "ID") or ""
             if not check_id:
                 check_id = f"service:{svc.id}" + (f":{i + 1}" if len(raw) > 1 else "")
-            specs.append(_Check(
-                node=svc.node, check_id=str(check_id),
-                name=str(_field(spec, "Name") or f"Service '{svc.name}' check"),
-                status=str(status), notes=str(_field(spec, "Notes") or ""),
-                output=str(_field(spec, "Output") or ""), service_id=svc.id,
-                service_name=svc.name, service_tags=svc.tags, type=ctype,
-                interval=str(_field(spec, "Interval") or "") if ctype != "ttl" else "",
-                timeout=str(_field(spec, "Timeout") or "") if ctype != "ttl" else "",
-            ))
+            specs.append(
+                _Check(
+                    node=svc.node,
+                    check_id=str(check_id),
+                    name=str(_field(spec, "Name") or f"Service '{svc.name}' check"),
+                    status=str(status),
+                    notes=str(_field(spec, "Notes") or ""),
+                    output=str(_field(spec, "Output") or ""),
+                    service_id=svc.id,
+                    service_name=svc.name,
+                    service_tags=svc.tags,
+                    type=ctype,
+                    interval=str(_field(spec, "Interval") or "") if ctype != "ttl" else "",
+                    timeout=str(_field(spec, "Timeout") or "") if ctype != "ttl" else "",
+                )
+            )
         return specs
 
     def _do_register(self, body: Mapping[str, Any], node: _Node) -> str:
@@ -1973,19 +2187,19 @@ class ConsulDouble:
             if current is None:
                 owner = node.check_owner(spec.check_id)
                 if owner is None:
-                    node.checks.pop(spec.check_id, None)
+                    node.drop_node_check(spec.check_id)
                     self._touch_node_level(node, idx)
                 elif owner is not False:
-                    owner.checks.pop(spec.check_id, None)
+                    node.drop_service_check(owner, spec.check_id)
                     self._touch_service(owner.name.lower(), idx)
                 spec.create_index = spec.modify_index = idx
-                svc.checks[spec.check_id] = spec
+                node.set_service_check(svc, spec)
                 checks_changed = True
                 continue
             spec.status, spec.output = current.status, current.output
             if spec.content() != current.content():
                 spec.create_index, spec.modify_index = current.create_index, idx
-                svc.checks[spec.check_id] = spec
+                node.set_service_check(svc, spec)
                 checks_changed = True
         for check_id in list(svc.checks):
             check = svc.checks[check_id]
@@ -1997,7 +2211,7 @@ class ConsulDouble:
                     check.touch(idx)
                     checks_changed = True
                 continue
-            del svc.checks[check_id]
+            node.drop_service_check(svc, check_id)
             checks_changed = True
         if checks_changed:
             self._touch_checks_table(idx)
@@ -2017,18 +2231,18 @@ class ConsulDouble:
         self._flush()
         return True
 
-    def _find_check(self, node: _Node, check_id: str) -> tuple[_Check, _Service | None] | None:
-        check = node.checks.get(check_id)
-        if check is not None:
-            return check, None
-        for svc in node.services.values():
-            check = svc.checks.get(check_id)
-            if check is not None:
-                return check, svc
-        return None
+    @staticmethod
+    def _find_check(node: _Node, check_id: str) -> tuple[_Check, _Service | None] | None:
+        owner = node.check_owner(check_id)
+        if owner is False:
+            return None
+        if owner is None:
+            return node.checks[check_id], None
+        return owner.checks[check_id], owner
 
-    def _do_set_check(self, node: _Node, check: _Check, owner: _Service | None, status: str,
-                      output: str) -> bool:
+    def _do_set_check(
+        self, node: _Node, check: _Check, owner: _Service | None, status: str, output: str
+    ) -> bool:
         if check.status == status:
             return False  # the agent defers output-only changes (check_update_interval)
         idx = self._alloc()
@@ -2043,20 +2257,29 @@ class ConsulDouble:
         self._flush()
         return True
 
-    def _do_service_maintenance(self, node: _Node, svc: _Service, enable: bool,
-                                reason: str) -> None:
+    def _do_service_maintenance(
+        self, node: _Node, svc: _Service, enable: bool, reason: str
+    ) -> None:
         check_id = SERVICE_MAINT_PREFIX + svc.id
         if enable == (check_id in svc.checks):
             return
         idx = self._alloc()
         if enable:
-            check = _Check(node=node.name, check_id=check_id, name="Service Maintenance Mode",
-                           status=CRITICAL, notes=reason or _DEFAULT_SERVICE_MAINT_REASON,
-                           service_id=svc.id, service_name=svc.name, service_tags=svc.tags,
-                           type="maintenance", index=idx)
-            svc.checks[check_id] = check
+            check = _Check(
+                node=node.name,
+                check_id=check_id,
+                name="Service Maintenance Mode",
+                status=CRITICAL,
+                notes=reason or _DEFAULT_SERVICE_MAINT_REASON,
+                service_id=svc.id,
+                service_name=svc.name,
+                service_tags=svc.tags,
+                type="maintenance",
+                index=idx,
+            )
+            node.set_service_check(svc, check)
         else:
-            del svc.checks[check_id]
+            node.drop_service_check(svc, check_id)
         self._touch_checks_table(idx)
         self._touch_service(svc.name.lower(), idx)
         self._flush()
@@ -2066,13 +2289,19 @@ class ConsulDouble:
             return
         idx = self._alloc()
         if enable:
-            node.checks[NODE_MAINT_CHECK_ID] = _Check(
-                node=node.name, check_id=NODE_MAINT_CHECK_ID, name="Node Maintenance Mode",
-                status=CRITICAL, notes=reason or _DEFAULT_NODE_MAINT_REASON,
-                type="maintenance", index=idx,
+            node.set_node_check(
+                _Check(
+                    node=node.name,
+                    check_id=NODE_MAINT_CHECK_ID,
+                    name="Node Maintenance Mode",
+                    status=CRITICAL,
+                    notes=reason or _DEFAULT_NODE_MAINT_REASON,
+                    type="maintenance",
+                    index=idx,
+                )
             )
         else:
-            del node.checks[NODE_MAINT_CHECK_ID]
+            node.drop_node_check(NODE_MAINT_CHECK_ID)
         self._touch_checks_table(idx)
         self._touch_node_level(node, idx)
         self._flush()
@@ -2128,8 +2357,9 @@ class ConsulDouble:
             except _HTTPError as exc:
                 raise ValueError(exc.message) from exc
 
-    def register_many(self, definitions: Iterable[Mapping[str, Any]], *,
-                      node: str | None = None) -> list[str]:
+    def register_many(
+        self, definitions: Iterable[Mapping[str, Any]], *, node: str | None = None
+    ) -> list[str]:
         """Register many definitions as one raft write (one index, one wake-up round)."""
         with self.batch():
             return [self.register_definition(d, node=node) for d in definitions]
@@ -2155,8 +2385,14 @@ class ConsulDouble:
                 for i in range(instances):
                     n += 1
                     address = f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
-                    self.register(name, service_id=f"{name}-{i + 1}", address=address,
-                                  port=base_port + i, tags=tags, status=status)
+                    self.register(
+                        name,
+                        service_id=f"{name}-{i + 1}",
+                        address=address,
+                        port=base_port + i,
+                        tags=tags,
+                        status=status,
+                    )
         return names
 
     def deregister(self, service_id: str, *, node: str | None = None) -> bool:
@@ -2164,8 +2400,9 @@ class ConsulDouble:
         with self._lock:
             return self._do_deregister(self._node(node), service_id, agent=False)
 
-    def set_check(self, check_id: str, status: str, output: str = "", *,
-                  node: str | None = None) -> bool:
+    def set_check(
+        self, check_id: str, status: str, output: str = "", *, node: str | None = None
+    ) -> bool:
         """Set a check's status (any check type, node checks included).
 
         Like the agent, a call that keeps the status changes nothing (the new ``output`` is not
@@ -2193,8 +2430,9 @@ class ConsulDouble:
                 raise KeyError(check_id)
             return found[0].status
 
-    def service_maintenance(self, service_id: str, enable: bool, reason: str = "", *,
-                            node: str | None = None) -> None:
+    def service_maintenance(
+        self, service_id: str, enable: bool, reason: str = "", *, node: str | None = None
+    ) -> None:
         """Toggle ``_service_maintenance:<id>`` (critical) on a service instance."""
         with self._lock:
             target = self._node(node)
@@ -2208,8 +2446,14 @@ class ConsulDouble:
         with self._lock:
             self._do_node_maintenance(self._node(node), enable, reason)
 
-    def add_node(self, name: str, address: str, *, node_id: str | None = None,
-                 meta: Mapping[str, str] | None = None) -> None:
+    def add_node(
+        self,
+        name: str,
+        address: str,
+        *,
+        node_id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
         """Add a node (with a passing serfHealth check), or change an existing node's address."""
         with self._lock:
             idx = self._alloc()
@@ -2225,9 +2469,14 @@ class ConsulDouble:
                 self._nodes_idx = idx
                 self._touch_node_level(existing, idx)
             else:
-                node = _Node(name=name, id=node_id or str(uuid.uuid4()), address=address,
-                             index=idx, meta=meta)
-                node.checks["serfHealth"] = self._serf_check(name, idx)
+                node = _Node(
+                    name=name,
+                    id=node_id or str(uuid.uuid4()),
+                    address=address,
+                    index=idx,
+                    meta=meta,
+                )
+                node.set_node_check(self._serf_check(name, idx))
                 self._nodes[key] = node
                 self._node_names.setdefault(key, collections.Counter())
                 self._nodes_idx = idx
@@ -2262,21 +2511,35 @@ class ConsulDouble:
     def _init_acl(self, management_token: str | None) -> None:
         index = 12
         self._policies[GLOBAL_MANAGEMENT_POLICY_ID] = _Policy(
-            id=GLOBAL_MANAGEMENT_POLICY_ID, name="global-management",
+            id=GLOBAL_MANAGEMENT_POLICY_ID,
+            name="global-management",
             description="Builtin Policy that grants unlimited access",
-            rules_text=_GLOBAL_MANAGEMENT_RULES, datacenters=[],
-            rules=parse_rules(_GLOBAL_MANAGEMENT_RULES), create_index=index, modify_index=index,
+            rules_text=_GLOBAL_MANAGEMENT_RULES,
+            datacenters=[],
+            rules=parse_rules(_GLOBAL_MANAGEMENT_RULES),
+            create_index=index,
+            modify_index=index,
         )
         self._tokens["anonymous"] = _Token(
-            accessor_id=ANONYMOUS_ACCESSOR_ID, secret_id="anonymous",
-            description="Anonymous Token", policy_ids=[], local=False,
-            create_time=_go_time_now(), create_index=index, modify_index=index,
+            accessor_id=ANONYMOUS_ACCESSOR_ID,
+            secret_id="anonymous",
+            description="Anonymous Token",
+            policy_ids=[],
+            local=False,
+            create_time=_go_time_now(),
+            create_index=index,
+            modify_index=index,
         )
         if management_token:
             self._tokens[management_token] = _Token(
-                accessor_id=str(uuid.uuid4()), secret_id=management_token,
-                description="Initial Management Token", policy_ids=[GLOBAL_MANAGEMENT_POLICY_ID],
-                local=False, create_time=_go_time_now(), create_index=index, modify_index=index,
+                accessor_id=str(uuid.uuid4()),
+                secret_id=management_token,
+                description="Initial Management Token",
+                policy_ids=[GLOBAL_MANAGEMENT_POLICY_ID],
+                local=False,
+                create_time=_go_time_now(),
+                create_index=index,
+                modify_index=index,
             )
             self._bootstrap_reset_index = index
         self._acl_idx = index
@@ -2298,7 +2561,8 @@ class ConsulDouble:
         }
         policies = [
             {"ID": pid, "Name": self._policies[pid].name}
-            for pid in token.policy_ids if pid in self._policies
+            for pid in token.policy_ids
+            if pid in self._policies
         ]
         if policies:
             out["Policies"] = policies
@@ -2330,8 +2594,9 @@ class ConsulDouble:
             if pid == GLOBAL_MANAGEMENT_POLICY_ID:
                 management = True
             rules.merge(policy.rules)
-        authz = _Authorizer(rules, management=management,
-                            default_allow=self.acl_default_policy == "allow")
+        authz = _Authorizer(
+            rules, management=management, default_allow=self.acl_default_policy == "allow"
+        )
         if len(self._authz_cache) > 256:
             self._authz_cache.clear()
         self._authz_cache[key] = authz
@@ -2371,17 +2636,20 @@ class ConsulDouble:
         idx = self._acl_write()
         existing = self._policies.get(policy_id) if policy_id else None
         policy = _Policy(
-            id=policy_id or str(uuid.uuid4()), name=name,
-            description=str(_field(body, "Description") or ""), rules_text=str(rules_text),
-            datacenters=list(_field(body, "Datacenters") or []), rules=rules,
-            create_index=existing.create_index if existing else idx, modify_index=idx,
+            id=policy_id or str(uuid.uuid4()),
+            name=name,
+            description=str(_field(body, "Description") or ""),
+            rules_text=str(rules_text),
+            datacenters=list(_field(body, "Datacenters") or []),
+            rules=rules,
+            create_index=existing.create_index if existing else idx,
+            modify_index=idx,
         )
         self._policies[policy.id] = policy
         self._flush()
         return policy
 
-    def _do_create_token(self, body: Mapping[str, Any],
-                         accessor_id: str | None = None) -> _Token:
+    def _do_create_token(self, body: Mapping[str, Any], accessor_id: str | None = None) -> _Token:
         links = _field(body, "Policies") or []
         if not isinstance(links, list):
             raise _HTTPError(400, "Request decode failed: Policies must be a list")
@@ -2397,17 +2665,21 @@ class ConsulDouble:
             )
             if existing is None:
                 raise _HTTPError(403, "ACL not found")
-        secret = str(_field(body, "SecretID") or (existing.secret_id if existing else "")
-                     or uuid.uuid4())
+        secret = str(
+            _field(body, "SecretID") or (existing.secret_id if existing else "") or uuid.uuid4()
+        )
         if existing is None and secret in self._tokens:
             raise _HTTPError(500, "Invalid Token: SecretID is already in use")
         idx = self._acl_write()
         token = _Token(
             accessor_id=accessor_id or str(_field(body, "AccessorID") or uuid.uuid4()),
-            secret_id=secret, description=str(_field(body, "Description") or ""),
-            policy_ids=policy_ids, local=bool(_field(body, "Local") or False),
+            secret_id=secret,
+            description=str(_field(body, "Description") or ""),
+            policy_ids=policy_ids,
+            local=bool(_field(body, "Local") or False),
             create_time=existing.create_time if existing else _go_time_now(),
-            create_index=existing.create_index if existing else idx, modify_index=idx,
+            create_index=existing.create_index if existing else idx,
+            modify_index=idx,
         )
         if existing is not None:
             del self._tokens[existing.secret_id]
@@ -2427,8 +2699,9 @@ class ConsulDouble:
                 raise ValueError(exc.message) from exc
             return policy.to_json()
 
-    def create_token(self, policies: Sequence[str] = (), *, description: str = "",
-                     secret_id: str | None = None) -> str:
+    def create_token(
+        self, policies: Sequence[str] = (), *, description: str = "", secret_id: str | None = None
+    ) -> str:
         """Create an ACL token linked to the named policies; returns its SecretID."""
         self._require_acl()
         body: JSONDict = {"Description": description, "Policies": [{"Name": p} for p in policies]}
@@ -2450,8 +2723,12 @@ class ConsulDouble:
         return [(H_ACL_POLICY, self.acl_default_policy)]
 
     def _meta_error_headers(self) -> list[tuple[str, str]]:
-        return [(H_INDEX, "1"), (H_KNOWN_LEADER, "false"), (H_LAST_CONTACT, "0"),
-                (H_BACKEND, "blocking-query")]
+        return [
+            (H_INDEX, "1"),
+            (H_KNOWN_LEADER, "false"),
+            (H_LAST_CONTACT, "0"),
+            (H_BACKEND, "blocking-query"),
+        ]
 
     def _read_headers(self, index: int, opts: _Opts, *, streaming: bool) -> list[tuple[str, str]]:
         return [
@@ -2462,8 +2739,7 @@ class ConsulDouble:
             (H_BACKEND, "streaming" if streaming else "blocking-query"),
         ]
 
-    def _text(self, status: int, message: str,
-              extra: Sequence[tuple[str, str]] = ()) -> _Response:
+    def _text(self, status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> _Response:
         headers = self._base_headers()
         headers.extend(extra)
         headers.append(("Content-Type", _TEXT_PLAIN))
@@ -2472,8 +2748,9 @@ class ConsulDouble:
     def _empty(self, status: int = 200) -> _Response:
         return _Response(status, self._base_headers())
 
-    def _json(self, req: _Request, obj: Any, extra: Sequence[tuple[str, str]] = (),
-              status: int = 200) -> _Response:
+    def _json(
+        self, req: _Request, obj: Any, extra: Sequence[tuple[str, str]] = (), status: int = 200
+    ) -> _Response:
         headers = self._base_headers()
         headers.extend(extra)
         headers.append(("Content-Type", "application/json"))
@@ -2482,8 +2759,9 @@ class ConsulDouble:
     @staticmethod
     def _require_method(req: _Request, *methods: str) -> None:
         if req.method not in methods and not (req.method == "HEAD" and "GET" in methods):
-            raise _HTTPError(405, f"method {req.method} not allowed",
-                             headers=[("Allow", ",".join(methods))])
+            raise _HTTPError(
+                405, f"method {req.method} not allowed", headers=[("Allow", ",".join(methods))]
+            )
 
     @staticmethod
     def _request_token(req: _Request) -> str:
@@ -2516,9 +2794,16 @@ class ConsulDouble:
             if not index_text.isdigit() or not index_text.isascii() or int(index_text) >= 2**64:
                 raise _HTTPError(400, "Invalid index")
             index = int(index_text)
-        return _Opts(dc=req.q("dc") or self.datacenter, token=self._request_token(req),
-                     filter=req.q("filter"), stale=stale, consistent=consistent, cached=cached,
-                     wait=wait, index=index)
+        return _Opts(
+            dc=req.q("dc") or self.datacenter,
+            token=self._request_token(req),
+            filter=req.q("filter"),
+            stale=stale,
+            consistent=consistent,
+            cached=cached,
+            wait=wait,
+            index=index,
+        )
 
     def _check_dc(self, opts: _Opts, *, meta: bool) -> None:
         if opts.dc != self.datacenter:
@@ -2533,11 +2818,16 @@ class ConsulDouble:
 
     def _handle(self, req: _Request) -> _Response:
         with self._fault_lock:
-            self._log.append(RecordedRequest(
-                method=req.method, path=req.path,
-                query={k: list(v) for k, v in req.query.items()}, headers=dict(req.headers),
-                body=req.body, received_at=time.time(),
-            ))
+            self._log.append(
+                RecordedRequest(
+                    method=req.method,
+                    path=req.path,
+                    query={k: list(v) for k, v in req.query.items()},
+                    headers=dict(req.headers),
+                    body=req.body,
+                    received_at=time.time(),
+                )
+            )
         generation = self._generation
         fault = self._take_fault(req)
         if fault is not None:
@@ -2575,19 +2865,17 @@ class ConsulDouble:
         if path == "/v1/catalog/services":
             return self._h_catalog_services(req)
         if path.startswith("/v1/health/service/"):
-            return self._h_health_service(req, path[len("/v1/health/service/"):])
+            return self._h_health_service(req, path[len("/v1/health/service/") :])
         if path.startswith("/v1/health/state/"):
-            return self._h_health_state(req, path[len("/v1/health/state/"):])
+            return self._h_health_state(req, path[len("/v1/health/state/") :])
         if path == "/v1/agent/service/register":
             return self._h_register(req)
         if path.startswith("/v1/agent/service/deregister/"):
-            return self._h_deregister(req, path[len("/v1/agent/service/deregister/"):])
+            return self._h_deregister(req, path[len("/v1/agent/service/deregister/") :])
         if path.startswith("/v1/agent/check/"):
-            return self._h_check_update(req, path[len("/v1/agent/check/"):])
+            return self._h_check_update(req, path[len("/v1/agent/check/") :])
         if path.startswith("/v1/agent/service/maintenance/"):
-            return self._h_service_maintenance(
-                req, path[len("/v1/agent/service/maintenance/"):]
-            )
+            return self._h_service_maintenance(req, path[len("/v1/agent/service/maintenance/") :])
         if path == "/v1/agent/maintenance":
             return self._h_node_maintenance(req)
         if path == "/v1/catalog/datacenters":
@@ -2602,7 +2890,7 @@ class ConsulDouble:
         if path == "/v1/agent/self":
             return self._h_agent_self(req)
         if path.startswith("/v1/acl/"):
-            return self._h_acl(req, path[len("/v1/acl/"):])
+            return self._h_acl(req, path[len("/v1/acl/") :])
         return _Response(404, self._base_headers())
 
     # ---------------------------------------------------------------- HTTP: reads
@@ -2617,17 +2905,29 @@ class ConsulDouble:
             generation = self._generation
             if opts.cached:
                 key = ("catalog/services", opts.dc, opts.token)
-                extra = [("X-Cache", "HIT"), ("Age", "0")] if key in self._materialized else [
-                    ("X-Cache", "MISS")]
+                extra = (
+                    [("X-Cache", "HIT"), ("Age", "0")]
+                    if key in self._materialized
+                    else [("X-Cache", "MISS")]
+                )
                 self._materialized.add(key)
-            index = self._block(req, "services", lambda: self._services_idx, opts,
-                                streaming=False, generation=generation)
+            index = self._block(
+                req,
+                "services",
+                lambda: self._services_idx,
+                opts,
+                streaming=False,
+                generation=generation,
+            )
             base = self._catalog_base()
         if authz.allow_all:
             body = {name: self._shuffled(tags) for name, tags in base.items()}
         else:
-            body = {name: self._shuffled(tags) for name, tags in base.items()
-                    if authz.allowed("service", name, "read")}
+            body = {
+                name: self._shuffled(tags)
+                for name, tags in base.items()
+                if authz.allowed("service", name, "read")
+            }
         return self._json(req, body, self._read_headers(index, opts, streaming=False) + extra)
 
     def _catalog_base(self) -> dict[str, list[str]]:
@@ -2654,8 +2954,9 @@ class ConsulDouble:
             checks = node.node_checks_json() + [
                 c.to_json() for c in sorted(svc.checks.values(), key=_check_sort_key)
             ]
-            entries.append({"Node": node.to_json(self.datacenter), "Service": svc.to_json(),
-                            "Checks": checks})
+            entries.append(
+                {"Node": node.to_json(self.datacenter), "Service": svc.to_json(), "Checks": checks}
+            )
         if entries:
             self._views[lname] = (index, entries)
         else:
@@ -2681,15 +2982,30 @@ class ConsulDouble:
             self._check_dc(opts, meta=False)
             authz = self._resolve_authz(opts.token, meta=False)
             generation = self._generation
-            view_key = ("health/service", lname, tuple(tags or ()), opts.filter, opts.dc,
-                        opts.token)
+            view_key = (
+                "health/service",
+                lname,
+                tuple(tags or ()),
+                opts.filter,
+                opts.dc,
+                opts.token,
+            )
             if opts.cached:
-                extra = [("X-Cache", "HIT"), ("Age", "0")] if view_key in self._materialized \
+                extra = (
+                    [("X-Cache", "HIT"), ("Age", "0")]
+                    if view_key in self._materialized
                     else [("X-Cache", "MISS")]
+                )
             if streaming:
                 self._materialized.add(view_key)
-            index = self._block(req, f"svc:{lname}", lambda: self._service_index(lname), opts,
-                                streaming=streaming, generation=generation)
+            index = self._block(
+                req,
+                f"svc:{lname}",
+                lambda: self._service_index(lname),
+                opts,
+                streaming=streaming,
+                generation=generation,
+            )
             entries = self._view(lname, index)
         headers = self._read_headers(index, opts, streaming=streaming) + extra
         # Consul 1.10 parses ?passing only after the query ran (headers are already set).
@@ -2702,14 +3018,20 @@ class ConsulDouble:
                 return self._text(400, "Invalid value for ?passing", headers)
         if tags:
             wanted = [t.lower() for t in tags]
-            entries = [e for e in entries
-                       if all(w in {t.lower() for t in e["Service"]["Tags"]} for w in wanted)]
+            entries = [
+                e
+                for e in entries
+                if all(w in {t.lower() for t in e["Service"]["Tags"]} for w in wanted)
+            ]
         if predicate is not None:
             entries = [e for e in entries if predicate(e)]
         if not authz.allow_all:
-            entries = [e for e in entries
-                       if authz.allowed("service", e["Service"]["Service"], "read")
-                       and authz.allowed("node", e["Node"]["Node"], "read")]
+            entries = [
+                e
+                for e in entries
+                if authz.allowed("service", e["Service"]["Service"], "read")
+                and authz.allowed("node", e["Node"]["Node"], "read")
+            ]
         if passing:
             entries = [e for e in entries if all(c["Status"] == PASSING for c in e["Checks"])]
         return self._json(req, entries, headers)
@@ -2743,12 +3065,18 @@ class ConsulDouble:
             self._check_dc(opts, meta=True)
             authz = self._resolve_authz(opts.token, meta=True)
             generation = self._generation
-            index = self._block(req, "checks", lambda: self._checks_idx, opts,
-                                streaming=False, generation=generation)
+            index = self._block(
+                req,
+                "checks",
+                lambda: self._checks_idx,
+                opts,
+                streaming=False,
+                generation=generation,
+            )
             key = (state, opts.filter, opts.token, self._acl_idx)
             cached = self._state_cache.get(key)
             if cached is not None and cached[0] == self._checks_idx:
-                result = cached[1]
+                result, encoded = cached[1], cached[2]
             else:
                 result = self._all_checks()
                 if state != "any":
@@ -2756,14 +3084,26 @@ class ConsulDouble:
                 if predicate is not None:
                     result = [c for c in result if predicate(c)]
                 if not authz.allow_all:
-                    result = [c for c in result
-                              if authz.allowed("node", c["Node"], "read")
-                              and (not c["ServiceName"]
-                                   or authz.allowed("service", c["ServiceName"], "read"))]
+                    result = [
+                        c
+                        for c in result
+                        if authz.allowed("node", c["Node"], "read")
+                        and (
+                            not c["ServiceName"]
+                            or authz.allowed("service", c["ServiceName"], "read")
+                        )
+                    ]
                 if len(self._state_cache) >= 64:
                     self._state_cache.clear()
-                self._state_cache[key] = (self._checks_idx, result)
-        return self._json(req, result, self._read_headers(index, opts, streaming=False))
+                encoded = {}
+                self._state_cache[key] = (self._checks_idx, result, encoded)
+        pretty = self.pretty or req.pretty
+        body = encoded.get(pretty)
+        if body is None:  # serialised outside the lock; the list is never mutated
+            body = encoded[pretty] = go_json(result, pretty=pretty)
+        headers = self._base_headers() + self._read_headers(index, opts, streaming=False)
+        headers.append(("Content-Type", "application/json"))
+        return _Response(200, headers, body)
 
     def _h_agent_self(self, req: _Request) -> _Response:
         self._require_method(req, "GET")
@@ -2789,9 +3129,13 @@ class ConsulDouble:
                 "HTTPMaxConnsPerClient": self.max_conns_per_client,
                 "NodeName": self.node_name,
             },
-            "Member": {"Name": self.node_name, "Addr": node.address, "Port": 8301,
-                       "Tags": {"dc": self.datacenter, "role": "consul",
-                                "build": CONSUL_VERSION}, "Status": 1},
+            "Member": {
+                "Name": self.node_name,
+                "Addr": node.address,
+                "Port": 8301,
+                "Tags": {"dc": self.datacenter, "role": "consul", "build": CONSUL_VERSION},
+                "Status": 1,
+            },
             "Meta": dict(node.meta),
         }
         return self._json(req, body)
@@ -2814,8 +3158,12 @@ class ConsulDouble:
                     raise _HTTPError(403, f"Permission denied: Missing service:write on {name}")
                 proxy = _field(body, "Proxy")
                 dest = _field(proxy, "DestinationServiceName") if isinstance(proxy, dict) else None
-                if _field(body, "Kind") == "connect-proxy" and isinstance(dest, str) and dest \
-                        and not authz.allowed("service", dest, "write"):
+                if (
+                    _field(body, "Kind") == "connect-proxy"
+                    and isinstance(dest, str)
+                    and dest
+                    and not authz.allowed("service", dest, "write")
+                ):
                     raise _HTTPError(403, f"Permission denied: Missing service:write on {dest}")
             self._do_register(body, self._node(None))
         return self._empty()
@@ -2828,8 +3176,7 @@ class ConsulDouble:
             svc = node.services.get(service_id)
             if svc is not None and svc.agent_owned:
                 if not authz.allowed("service", svc.name, "write"):
-                    raise _HTTPError(403,
-                                     f"Permission denied: Missing service:write on {svc.name}")
+                    raise _HTTPError(403, f"Permission denied: Missing service:write on {svc.name}")
                 self._do_deregister(node, service_id, agent=True)
         return self._empty()
 
@@ -2913,13 +3260,16 @@ class ConsulDouble:
             with self._lock:
                 if self._bootstrap_reset_index:
                     raise _HTTPError(
-                        403, "Permission denied: ACL bootstrap no longer allowed "
+                        403,
+                        "Permission denied: ACL bootstrap no longer allowed "
                         f"(reset index: {self._bootstrap_reset_index})",
                     )
-                token = self._do_create_token({
-                    "Description": "Bootstrap Token (Global Management)",
-                    "Policies": [{"ID": GLOBAL_MANAGEMENT_POLICY_ID}],
-                })
+                token = self._do_create_token(
+                    {
+                        "Description": "Bootstrap Token (Global Management)",
+                        "Policies": [{"ID": GLOBAL_MANAGEMENT_POLICY_ID}],
+                    }
+                )
                 self._bootstrap_reset_index = token.create_index
                 return self._json(req, self._token_json(token))
         with self._lock:
@@ -2940,18 +3290,20 @@ class ConsulDouble:
             return self._json(req, policy.to_json())
         if rest == "policies":
             self._require_method(req, "GET")
-            stubs = [p.to_json(stub=True) for p in
-                     sorted(self._policies.values(), key=lambda p: p.create_index)]
+            stubs = [
+                p.to_json(stub=True)
+                for p in sorted(self._policies.values(), key=lambda p: p.create_index)
+            ]
             return self._json(req, stubs, self._acl_list_headers(req))
         if rest.startswith("policy/name/"):
             self._require_method(req, "GET")
-            name = rest[len("policy/name/"):]
+            name = rest[len("policy/name/") :]
             for policy in self._policies.values():
                 if policy.name == name:
                     return self._json(req, policy.to_json(), self._acl_list_headers(req))
             raise _HTTPError(403, "ACL not found")
         if rest.startswith("policy/"):
-            pid = rest[len("policy/"):]
+            pid = rest[len("policy/") :]
             self._require_method(req, "GET", "PUT", "DELETE")
             existing = self._policies.get(pid)
             if existing is None:
@@ -2972,19 +3324,19 @@ class ConsulDouble:
             return self._json(req, self._token_json(created))
         if rest == "tokens":
             self._require_method(req, "GET")
-            stubs = [self._token_json(t, stub=True) for t in
-                     sorted(self._tokens.values(), key=lambda t: t.create_index)]
+            stubs = [
+                self._token_json(t, stub=True)
+                for t in sorted(self._tokens.values(), key=lambda t: t.create_index)
+            ]
             return self._json(req, stubs, self._acl_list_headers(req))
         if rest.startswith("token/"):
-            accessor = rest[len("token/"):]
+            accessor = rest[len("token/") :]
             self._require_method(req, "GET", "PUT", "DELETE")
             token: _Token | None
             if accessor == "self":
                 token = self._tokens.get(self._request_token(req) or "anonymous")
             else:
-                token = next(
-                    (t for t in self._tokens.values() if t.accessor_id == accessor), None
-                )
+                token = next((t for t in self._tokens.values() if t.accessor_id == accessor), None)
             if token is None:
                 raise _HTTPError(403, "ACL not found")
             if req.method == "GET":
@@ -2993,8 +3345,9 @@ class ConsulDouble:
                 updated = self._do_create_token(self._json_body(req), token.accessor_id)
                 return self._json(req, self._token_json(updated))
             if token.accessor_id == ANONYMOUS_ACCESSOR_ID:
-                raise _HTTPError(500, "Deletion of the request's authorization token is not "
-                                 "permitted")
+                raise _HTTPError(
+                    500, "Deletion of the request's authorization token is not permitted"
+                )
             del self._tokens[token.secret_id]
             self._acl_write()
             self._flush()
