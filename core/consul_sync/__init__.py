@@ -10,7 +10,7 @@ from __future__ import annotations
 import pluggy
 
 from ._version import __version__
-from .config import Duration, secret, setting
+from .config import Duration, ValueProblem, secret, setting
 from .errors import ConfigError, SinkError, SourceError
 from .model import (
     DROP,
@@ -47,6 +47,7 @@ __all__ = [
     "Source",
     "SourceError",
     "TypeRegistry",
+    "ValueProblem",
     "__version__",
     "hookimpl",
     "secret",

@@ -415,6 +415,8 @@ def _format(exc: BaseException, tp: type | None) -> str:
     if isinstance(exc, KeyError):
         return "required key missing"
     if isinstance(exc, TypeError | ValueError):
+        if tp is None:  # raised by the class itself (an attrs validator): its own words
+            return str(exc)
         name = getattr(tp, "__name__", str(tp))
         return f"expected {name}: {exc}"
     return str(exc)

@@ -4,7 +4,7 @@ What it models
 ==============
 The subset of the HTTP API of a single **Consul 1.10.12** dev agent (one server, datacenter
 ``dc1``) that a catalog-watching client uses, reproducing the exchanges recorded from a real
-agent in ``/work/shared/fixtures/consul`` (see the README there; when this file and a recording
+agent in ``tests/fixtures/consul`` (see the README there; when this file and a recording
 disagree, the recording is right):
 
 * State: nodes (default ``dev-plain`` at ``127.0.0.1`` with a passing ``serfHealth`` check, and
