@@ -63,13 +63,17 @@ def build_app(
     context.add_secret = logs.REDACTOR.add
     for value in secrets_of(settings):
         logs.REDACTOR.add(value)
+    # Sources and sinks may keep these callables from their constructors, so
+    # they are wired before any is made and reach the runtime once it exists.
+    box: list[Runtime] = []
+    context.mark_dirty = lambda keys: box[0].mark_dirty(keys) if box else None
+    context.desired_keys = lambda: box[0].desired_keys() if box else (0, ())
     sources: list[Source] = [
         registry.sources[c.type](c.name, c.config, context) for c in settings.sources
     ]
     sinks: list[Sink] = [registry.sinks[c.type](c.name, c.config, context) for c in settings.sinks]
     runtime = Runtime(settings, sources, sinks, pm, metrics)
-    context.mark_dirty = runtime.mark_dirty
-    context.desired_keys = runtime.desired_keys
+    box.append(runtime)
     return App(pm, registry, settings, metrics, context, runtime)
 
 

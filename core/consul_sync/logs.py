@@ -76,9 +76,24 @@ class TextFormatter(logging.Formatter):
 REDACTOR = Redactor()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may
+    be replaced after set-up, as test runners and embedding programs do)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> Redactor:
     """Configure the root logger once; returns the redactor to add secrets to."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.StreamHandler = (  # type: ignore[type-arg]
+        logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    )
     handler.setFormatter(JSONFormatter(REDACTOR) if fmt == "json" else TextFormatter(REDACTOR))
     handler.addFilter(REDACTOR)
     root = logging.getLogger()

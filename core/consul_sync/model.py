@@ -132,6 +132,10 @@ class Snapshot:
     complete: bool = True
     changed: frozenset[ServiceKey] | None = None
 
+    # Note for sources: an incomplete snapshot is overlaid on the previous
+    # one and its ``changed`` hint is dropped (the runtime compares), so the
+    # first complete snapshot after an incomplete one should carry no hint.
+
     @classmethod
     def of(
         cls, source: str, services: Iterable[DesiredService], *, complete: bool = True
@@ -214,6 +218,9 @@ class Sink(Protocol):
     and raises :class:`consul_sync.errors.SinkError` when it cannot.
     ``render`` turns desired services into the objects the sink would write,
     without contacting anything.  ``concurrency`` bounds parallel applies.
+    An optional ``active`` attribute, when False, makes the runtime plan and
+    apply nothing for the sink (a standby replica under leader election; it
+    marks every key dirty when it becomes active).
     """
 
     name: str

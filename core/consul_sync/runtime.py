@@ -346,6 +346,8 @@ class Runtime:
             if not await self._observe(state, fresh=False) or state.view is None:
                 result.unreachable[name] = state.error or "unreachable"
                 continue
+            if not getattr(state.sink, "active", True):
+                continue  # a standby replica (leader election): the leader writes
             scope = keys
             if keys is not None:
                 scope = keys | {k for k, r in state.retries.items() if r.due <= self.clock()}
@@ -541,14 +543,14 @@ class Runtime:
             log.debug("periodic full resync")
             for source in self.sources:
                 resync = getattr(source, "resync", None)
-                if resync is not None:
-                    await resync()
-                else:
-                    try:
+                try:
+                    if resync is not None:
+                        await resync()
+                    else:
                         self.accept(await source.snapshot())
-                    except Exception as exc:
-                        self.metrics.source_errors.labels(source=source.name).inc()
-                        log.error("source %s: resync read failed: %s", source.name, exc)
+                except Exception as exc:  # a failing source must not end the resync loop
+                    self.metrics.source_errors.labels(source=source.name).inc()
+                    log.error("source %s: resync read failed: %s", source.name, exc)
             self.request_resync()
 
     async def open_sinks(self) -> None:

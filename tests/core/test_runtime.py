@@ -48,7 +48,8 @@ async def test_incremental_change_writes_exactly_the_affected_objects() -> None:
     src.services = {s.key: s for s in initial}
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
-        await until(lambda: dst.count() == 50)
+        await until(lambda: app.runtime.readiness()[0])  # the first full pass is over
+        assert dst.count() == 50
         passes = app.runtime.passes
         observes = len(dst.observes)
         counter.seen.clear()
@@ -377,5 +378,24 @@ async def test_an_unreachable_sink_delays_readiness_and_is_retried_soon() -> Non
         dst.fail_observe = None
         # retried with backoff (RETRY_BASE 50ms here), not at the next 5m resync
         await until(lambda: app.runtime.readiness()[0], timeout=3)
+        assert dst.count() == 1
+        app.runtime.stop()
+
+
+async def test_a_failing_resync_does_not_end_the_resync_loop(monkeypatch) -> None:
+    app = fake_app(resync_interval="50ms")
+    src, dst = source(app), sink(app)
+    src.services = {s.key: s for s in [service("a", "10.0.0.1")]}
+    calls = []
+
+    async def resync():
+        calls.append(1)
+        raise RuntimeError("agent gone")
+
+    monkeypatch.setattr(src, "resync", resync, raising=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: len(calls) >= 3, timeout=3)
+        assert metric(app, "consul_sync_source_errors_total", source="src0") >= 3
         assert dst.count() == 1
         app.runtime.stop()
