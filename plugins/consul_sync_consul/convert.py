@@ -201,6 +201,29 @@ def worst(statuses: Iterable[str]) -> Health:
     return (Health.PASSING, Health.WARNING, Health.CRITICAL)[level]
 
 
+#: CheckID of the critical check Consul adds to every instance of a node in
+#: maintenance, and the prefix of the one it adds to a service instance.
+NODE_MAINTENANCE = "_node_maintenance"
+SERVICE_MAINTENANCE_PREFIX = "_service_maintenance:"
+
+
+def is_maintenance(check_id: str) -> bool:
+    return check_id == NODE_MAINTENANCE or check_id.startswith(SERVICE_MAINTENANCE_PREFIX)
+
+
+def health_of(checks: Iterable[tuple[str, str]]) -> Health:
+    """The health of an instance from its ``(CheckID, Status)`` pairs, node
+    checks included: maintenance (node or service) wins over every status;
+    otherwise the worst status (an unknown status counts as critical; no
+    checks at all: passing, as Consul counts it)."""
+    statuses = []
+    for check_id, status in checks:
+        if is_maintenance(check_id) and status != "passing":
+            return Health.MAINTENANCE
+        statuses.append(status)
+    return worst(statuses)
+
+
 def str_map(value: object) -> Mapping[str, str]:
     if not isinstance(value, dict):
         return {}
