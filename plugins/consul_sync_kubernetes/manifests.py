@@ -33,7 +33,7 @@ from .render import (
     is_managed,
     owner_of,
     parse,
-    render,
+    render_named,
     service_key,
 )
 
@@ -42,9 +42,7 @@ log = logging.getLogger("consul_sync.manifests")
 
 @attrs.frozen
 class ManifestsConfig:
-    output: str = setting(
-        "-", help="'-' for standard output, or a directory of YAML files"
-    )
+    output: str = setting("-", help="'-' for standard output, or a directory of YAML files")
     owner: str = setting(MANAGER, help="owner id written on every object")
     max_endpoints_per_slice: int = setting(
         DEFAULT_MAX_PER_SLICE,
@@ -72,7 +70,8 @@ class ManifestsSink:
         self.config = config
         self.context = context
         self.stream = stream
-        self.names = NameBook(context.desired_keys)
+        # The runtime sets context.desired_keys after making its sinks: look it up late.
+        self.names = NameBook(lambda: context.desired_keys())  # noqa: PLW0108
         self._view: dict[ServiceKey, Observed] = {}
         self._files: dict[ServiceKey, list[Path]] = {}
 
@@ -121,18 +120,14 @@ class ManifestsSink:
         return view
 
     def render(self, services: Sequence[DesiredService]) -> list[dict[str, Any]]:
-        self.names.refresh()
-        objects: list[dict[str, Any]] = []
-        for service in services:
-            rendered = render(
-                service,
-                k8s_name=self.names.name(service.key),
-                owner=self.config.owner,
-                max_per_slice=self.config.max_endpoints_per_slice,
-            )
-            for problem in rendered.problems:
-                log.warning(problem, extra={"sink": self.name})
-            objects.extend(rendered.objects())
+        objects, problems = render_named(
+            services,
+            self.names,
+            owner=self.config.owner,
+            max_per_slice=self.config.max_endpoints_per_slice,
+        )
+        for problem in problems:
+            log.warning(problem, extra={"sink": self.name})
         return objects
 
     async def apply(self, change: Change) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from consul_sync import TypeRegistry, hookimpl
 
 from .manifests import ManifestsSink
+from .sink import KubernetesSink
 
 
 @hookimpl
 def consul_sync_add_sink_types(registry: TypeRegistry) -> None:
+    registry.add_sink_type(KubernetesSink)
     registry.add_sink_type(ManifestsSink)

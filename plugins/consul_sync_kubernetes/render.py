@@ -10,16 +10,22 @@ Objects for one desired service:
   (sanitised to a DNS-1035 label), labelled
   ``app.kubernetes.io/managed-by: consul-sync`` and
   ``app.kubernetes.io/name: <name>``, annotated with the owner id and the
-  sources;
+  sources (and, when the service carries labels or annotations of its own,
+  the keys of those, so that a key dropped later is known to be ours to
+  remove and keys other people add are never mistaken for ours);
 * ``EndpointSlice``\\ s grouped as the Kubernetes EndpointSlice controller
   groups them: by address type (IPv4, IPv6, FQDN for hostnames) and by the
   port numbers the endpoints listen on, at most ``max_per_slice`` endpoints
   each, labelled ``kubernetes.io/service-name``,
   ``endpointslice.kubernetes.io/managed-by: consul-sync`` and the
-  managed-by label.
+  managed-by label, annotated with the owner id, and (when the Service's
+  uid is known) with an ownerReference to the Service.
 
 ``parse`` reads such objects back into the model so the planner can compare
-them with ``==``: ``parse(render(s)) == s`` for every valid service.
+them with ``==``: ``parse(render(s)) == s`` for every valid service in
+canonical form.  ``differs`` tells whether a live object already holds
+everything a rendered one would write (the live sink sends only objects
+that differ).
 """
 
 from __future__ import annotations
@@ -42,16 +48,26 @@ MANAGER = "consul-sync"
 OWNER_ANNOTATION = "consul-sync.io/owner"
 SOURCES_ANNOTATION = "consul-sync.io/sources"
 NAME_ANNOTATION = "consul-sync.io/name"
+#: Keys of the service's own labels / annotations (comma-separated), written
+#: only when there are some.
+LABEL_KEYS_ANNOTATION = "consul-sync.io/labels"
+ANNOTATION_KEYS_ANNOTATION = "consul-sync.io/annotations"
 OUR_LABELS = (MANAGED_BY, NAME_LABEL)
-OUR_ANNOTATIONS = (OWNER_ANNOTATION, SOURCES_ANNOTATION, NAME_ANNOTATION)
+OUR_ANNOTATIONS = (
+    OWNER_ANNOTATION,
+    SOURCES_ANNOTATION,
+    NAME_ANNOTATION,
+    LABEL_KEYS_ANNOTATION,
+    ANNOTATION_KEYS_ANNOTATION,
+)
 DEFAULT_MAX_PER_SLICE = 100
 API_MAX_PER_SLICE = 1000
+PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-    r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?"
+_FQDN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+"
 )
 
 
@@ -120,6 +136,7 @@ class NameBook:
         self._desired_keys = desired_keys
         self._version: int | None = None
         self.naming = Naming({})
+        self.owners: dict[tuple[str, str], tuple[str, str]] = {}
         self._told: set[str] = set()
 
     def refresh(self) -> list[str]:
@@ -129,24 +146,72 @@ class NameBook:
             return []
         self._version = version
         self.naming = assign_names(keys)
+        self.owners = {(key[0], name): key for key, name in self.naming.names.items()}
         news = [n for n in (*self.naming.collisions, *self.naming.renamed) if n not in self._told]
         self._told.update(news)
         return news
 
+    @property
+    def version(self) -> int | None:
+        return self._version
+
     def name(self, key: tuple[str, str]) -> str:
         return self.naming.names.get(key) or sanitize(key[1])
 
+    def key_of(self, namespace: str, k8s_name: str) -> tuple[str, str] | None:
+        """The desired key whose Kubernetes name is ``k8s_name``, if any."""
+        return self.owners.get((namespace, k8s_name))
 
-# --- endpoints and slices ------------------------------------------------
+
+# --- validation ------------------------------------------------------------
 
 
 def address_type(address: str) -> str | None:
-    """``IPv4``, ``IPv6``, ``FQDN``, or ``None`` for something that is none."""
+    """``IPv4``, ``IPv6``, ``FQDN``, or ``None`` for something the API server
+    would refuse in any EndpointSlice (an IPv4-mapped or scoped IPv6
+    address, a hostname that is not fully qualified)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return "FQDN" if _HOSTNAME.fullmatch(address) else None
-    return "IPv4" if ip.version == 4 else "IPv6"
+        return "FQDN" if _FQDN.fullmatch(address.lower().removesuffix(".")) else None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None or ip.scope_id is not None:
+            return None
+        return "IPv6"
+    return "IPv4"
+
+
+def validate(service: DesiredService) -> list[str]:
+    """What the API server would reject in the Service (the EndpointSlice
+    problems -- bad addresses -- are skipped per endpoint instead)."""
+    problems = []
+    names: set[str] = set()
+    for index, port in enumerate(service.ports):
+        where = f"port {index} ({port.name or 'unnamed'})"
+        if not 1 <= port.port <= 65535:
+            problems.append(f"{where}: number {port.port} is not between 1 and 65535")
+        if port.protocol not in PROTOCOLS:
+            problems.append(f"{where}: protocol {port.protocol!r} is not TCP, UDP or SCTP")
+        if port.name:
+            if len(port.name) > 63 or not _DNS1123_LABEL.fullmatch(port.name):
+                problems.append(
+                    f"{where}: name {port.name!r} is not a lowercase RFC 1123 label "
+                    "(lowercase letters, digits and '-', at most 63)"
+                )
+            if port.name in names:
+                problems.append(f"{where}: name {port.name!r} is used twice")
+            names.add(port.name)
+        elif len(service.ports) > 1:
+            problems.append(f"{where}: a service with several ports needs a name for each")
+    for endpoint in service.endpoints:
+        if endpoint.port is not None and not 1 <= endpoint.port <= 65535:
+            problems.append(
+                f"endpoint {endpoint.address}: port {endpoint.port} is not between 1 and 65535"
+            )
+    return problems
+
+
+# --- endpoints and slices ------------------------------------------------
 
 
 def slice_ports(service: DesiredService, number: int | None) -> list[dict[str, Any]]:
@@ -161,9 +226,9 @@ def slice_ports(service: DesiredService, number: int | None) -> list[dict[str, A
     return ports
 
 
-def endpoint_object(endpoint: Endpoint) -> dict[str, Any]:
+def endpoint_object(endpoint: Endpoint, address: str | None = None) -> dict[str, Any]:
     item: dict[str, Any] = {
-        "addresses": [endpoint.address],
+        "addresses": [address or endpoint.address],
         "conditions": {
             "ready": endpoint.ready,
             "serving": endpoint.serving,
@@ -182,19 +247,35 @@ def endpoint_object(endpoint: Endpoint) -> dict[str, Any]:
 GroupKey = tuple[str, int | None]  # (address type, primary port number)
 
 
+def _address(kind: str, endpoint: Endpoint) -> str:
+    # The API server only accepts lowercase hostnames; DNS does not care.
+    return endpoint.address.lower() if kind == "FQDN" else endpoint.address
+
+
 def group_endpoints(service: DesiredService) -> tuple[dict[GroupKey, list[Endpoint]], list[str]]:
-    """Endpoints by (address type, port); invalid addresses reported."""
+    """Endpoints by (address type, port); invalid addresses and duplicates
+    within one slice group are reported and left out."""
     groups: dict[GroupKey, list[Endpoint]] = {}
+    seen: set[tuple[GroupKey, str]] = set()
     problems = []
+    where = f"service {service.namespace}/{service.name}"
     for endpoint in service.endpoints:
         kind = address_type(endpoint.address)
         if kind is None:
             problems.append(
-                f"service {service.namespace}/{service.name}: endpoint address "
-                f"{endpoint.address!r} is neither an IP address nor a hostname; skipped"
+                f"{where}: endpoint address {endpoint.address!r} is neither an IP address "
+                "nor a fully qualified hostname Kubernetes accepts; skipped"
             )
             continue
-        groups.setdefault((kind, service.port_for(endpoint)), []).append(endpoint)
+        group = (kind, service.port_for(endpoint))
+        address = _address(kind, endpoint)
+        if (group, address) in seen:
+            problems.append(
+                f"{where}: endpoint {address} port {group[1]} is listed twice; keeping the first"
+            )
+            continue
+        seen.add((group, address))
+        groups.setdefault(group, []).append(endpoint)
     return groups, problems
 
 
@@ -210,6 +291,7 @@ def pack(
     base: str,
     max_per_slice: int,
     existing: Mapping[str, Iterable[str]] | None = None,
+    reserved: Collection[str] = (),
 ) -> dict[str, list[Endpoint]]:
     """Assign endpoints to slices named ``base``, ``base-2``, ...
 
@@ -217,40 +299,49 @@ def pack(
     endpoints stay where they are and new ones fill existing slices with
     room before a new slice is made, so one instance change rewrites one
     slice.  Slices left empty are not returned (they are to be deleted).
+    New slices never take a name in ``reserved`` (held by someone else).
     """
     slices: dict[str, list[Endpoint]] = {name: [] for name in (existing or {})}
     where: dict[str, str] = {}
     for name, addresses in (existing or {}).items():
         for address in addresses:
             where.setdefault(address, name)
+    kind = group[0]
     homeless = []
     for endpoint in endpoints:
-        home = where.get(endpoint.address)
+        home = where.get(_address(kind, endpoint))
         if home is not None and len(slices[home]) < max_per_slice:
             slices[home].append(endpoint)
         else:
             homeless.append(endpoint)
-    ordered = sorted(slices, key=_slice_order)
+    ordered = sorted(slices, key=_slice_order(base))
     for endpoint in homeless:
         room = next((n for n in ordered if len(slices[n]) < max_per_slice), None)
         if room is None:
-            room = _free_name(base, slices)
+            room = _free_name(base, lambda n: n in slices or n in reserved)
             slices[room] = []
             ordered.append(room)
         slices[room].append(endpoint)
     return {name: members for name, members in slices.items() if members}
 
 
-def _free_name(base: str, taken: Mapping[str, object]) -> str:
+def _free_name(base: str, taken: Callable[[str], bool]) -> str:
     index = 1
-    while (name := base if index == 1 else f"{base}-{index}") in taken:
+    while taken(name := base if index == 1 else f"{base}-{index}"):
         index += 1
     return name
 
 
-def _slice_order(name: str) -> tuple[int, str]:
-    match = re.search(r"-(\d+)$", name)
-    return (int(match.group(1)) if match else 1, name)
+def _slice_order(base: str) -> Callable[[str], tuple[int, str]]:
+    """Sort key: ``base``, ``base-2``, ``base-3``, ..., then other names."""
+
+    def key(name: str) -> tuple[int, str]:
+        if name == base:
+            return (1, name)
+        rest = name.removeprefix(base + "-")
+        return (int(rest), name) if rest != name and rest.isdigit() else (1 << 30, name)
+
+    return key
 
 
 # --- objects ---------------------------------------------------------------
@@ -264,6 +355,12 @@ def service_object(service: DesiredService, k8s_name: str, owner: str) -> dict[s
     annotations[SOURCES_ANNOTATION] = ",".join(service.sources)
     if k8s_name != service.name:
         annotations[NAME_ANNOTATION] = service.name
+    own_labels = sorted(k for k, _ in service.labels if k not in OUR_LABELS)
+    own_annotations = sorted(k for k, _ in service.annotations if k not in OUR_ANNOTATIONS)
+    if own_labels:
+        annotations[LABEL_KEYS_ANNOTATION] = ",".join(own_labels)
+    if own_annotations:
+        annotations[ANNOTATION_KEYS_ANNOTATION] = ",".join(own_annotations)
     ports = []
     for port in service.ports:
         item: dict[str, Any] = {"name": port.name, "port": port.port, "protocol": port.protocol}
@@ -283,6 +380,11 @@ def service_object(service: DesiredService, k8s_name: str, owner: str) -> dict[s
     }
 
 
+def owner_reference(k8s_name: str, uid: str) -> dict[str, Any]:
+    """The ownerReference of a slice to its Service (garbage collection)."""
+    return {"apiVersion": "v1", "kind": "Service", "name": k8s_name, "uid": uid, "controller": True}
+
+
 def slice_object(
     service: DesiredService,
     k8s_name: str,
@@ -290,22 +392,26 @@ def slice_object(
     name: str,
     group: GroupKey,
     endpoints: Sequence[Endpoint],
+    service_uid: str | None = None,
 ) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": service.namespace,
+        "labels": {
+            SERVICE_NAME_LABEL: k8s_name,
+            SLICE_MANAGED_BY: MANAGER,
+            MANAGED_BY: MANAGER,
+        },
+        "annotations": {OWNER_ANNOTATION: owner},
+    }
+    if service_uid:
+        metadata["ownerReferences"] = [owner_reference(k8s_name, service_uid)]
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": service.namespace,
-            "labels": {
-                SERVICE_NAME_LABEL: k8s_name,
-                SLICE_MANAGED_BY: MANAGER,
-                MANAGED_BY: MANAGER,
-            },
-            "annotations": {OWNER_ANNOTATION: owner},
-        },
+        "metadata": metadata,
         "addressType": group[0],
-        "endpoints": [endpoint_object(e) for e in endpoints],
+        "endpoints": [endpoint_object(e, _address(group[0], e)) for e in endpoints],
         "ports": slice_ports(service, group[1]),
     }
 
@@ -327,35 +433,51 @@ def render(
     owner: str = MANAGER,
     max_per_slice: int = DEFAULT_MAX_PER_SLICE,
     existing: Mapping[GroupKey, Mapping[str, Iterable[str]]] | None = None,
+    reserved: Collection[str] = (),
+    service_uid: str | None = None,
 ) -> Rendered:
-    """The Service and EndpointSlices for one desired service."""
+    """The Service and EndpointSlices for one desired service.
+
+    ``existing`` is the current packing of the service's slices (see
+    :func:`packing`), ``reserved`` slice names that others hold, and
+    ``service_uid`` the uid of the live Service, for the slices'
+    ownerReferences.
+    """
     name = k8s_name or sanitize(service.name)
     groups, problems = group_endpoints(service)
     slices = []
     for group in sorted(groups, key=lambda g: (g[0], -1 if g[1] is None else g[1])):
+        base = slice_base_name(name, group)
         packed = pack(
-            group,
-            groups[group],
-            slice_base_name(name, group),
-            max_per_slice,
-            (existing or {}).get(group),
+            group, groups[group], base, max_per_slice, (existing or {}).get(group), reserved
         )
-        for slice_name in sorted(packed, key=_slice_order):
-            slices.append(slice_object(service, name, owner, slice_name, group, packed[slice_name]))
+        for slice_name in sorted(packed, key=_slice_order(base)):
+            slices.append(
+                slice_object(
+                    service, name, owner, slice_name, group, packed[slice_name], service_uid
+                )
+            )
     return Rendered(service_object(service, name, owner), tuple(slices), tuple(problems))
 
 
-def render_all(
+def render_named(
     services: Sequence[DesiredService],
+    names: NameBook,
     *,
-    owner: str = MANAGER,
+    owner: str,
     max_per_slice: int = DEFAULT_MAX_PER_SLICE,
-) -> tuple[list[Rendered], Naming]:
-    naming = assign_names(s.key for s in services)
-    return [
-        render(s, k8s_name=naming.names[s.key], owner=owner, max_per_slice=max_per_slice)
-        for s in services
-    ], naming
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every object for ``services``, named by ``names``; and the problems."""
+    names.refresh()
+    objects: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for service in services:
+        rendered = render(
+            service, k8s_name=names.name(service.key), owner=owner, max_per_slice=max_per_slice
+        )
+        objects.extend(rendered.objects())
+        problems.extend(rendered.problems)
+    return objects, problems
 
 
 # --- back to the model -----------------------------------------------------
@@ -368,28 +490,55 @@ def service_key(obj: Mapping[str, Any]) -> tuple[str, str]:
     return (meta.get("namespace", ""), annotations.get(NAME_ANNOTATION) or meta.get("name", ""))
 
 
+def _keys(annotations: Mapping[str, str], which: str) -> list[str]:
+    return [k for k in annotations.get(which, "").split(",") if k]
+
+
+def _ports(obj: Mapping[str, Any]) -> list[Port]:
+    return [
+        Port(p.get("name", ""), int(p["port"]), p.get("protocol", "TCP"), p.get("appProtocol"))
+        for p in obj.get("spec", {}).get("ports") or []
+    ]
+
+
+def slice_group(obj: Mapping[str, Any], primary: Port | None) -> GroupKey:
+    """The (address type, primary port number) group a slice belongs to."""
+    number = None
+    if primary is not None:
+        for port in obj.get("ports") or []:
+            if port.get("name", "") == primary.name and "port" in port:
+                number = int(port["port"])
+                break
+    return (str(obj.get("addressType", "")), number)
+
+
 def parse(service_obj: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -> DesiredService:
-    """Read a rendered Service and its slices back into the model."""
+    """Read a rendered Service and its slices back into the model.
+
+    Only labels and annotations the Service records as its own are read:
+    whatever others add to the objects is not part of the service.
+    """
     namespace, name = service_key(service_obj)
     meta = service_obj.get("metadata", {})
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in OUR_LABELS}
-    annotations = dict(meta.get("annotations") or {})
-    sources = [s for s in annotations.get(SOURCES_ANNOTATION, "").split(",") if s]
-    for key in OUR_ANNOTATIONS:
-        annotations.pop(key, None)
-    ports = [
-        Port(p.get("name", ""), int(p["port"]), p.get("protocol", "TCP"), p.get("appProtocol"))
-        for p in service_obj.get("spec", {}).get("ports") or []
-    ]
-    primary = ports[0].port if ports else None
+    live_labels = meta.get("labels") or {}
+    live_annotations = meta.get("annotations") or {}
+    labels = {
+        k: live_labels[k]
+        for k in _keys(live_annotations, LABEL_KEYS_ANNOTATION)
+        if k in live_labels
+    }
+    annotations = {
+        k: live_annotations[k]
+        for k in _keys(live_annotations, ANNOTATION_KEYS_ANNOTATION)
+        if k in live_annotations
+    }
+    sources = [s for s in live_annotations.get(SOURCES_ANNOTATION, "").split(",") if s]
+    ports = _ports(service_obj)
+    primary = ports[0] if ports else None
     endpoints = []
     for obj in slices:
-        slice_ports_ = obj.get("ports") or []
-        number = None
-        if ports and slice_ports_:
-            match = [p for p in slice_ports_ if p.get("name", "") == ports[0].name]
-            number = int(match[0]["port"]) if match and "port" in match[0] else None
-        override = None if number == primary else number
+        number = slice_group(obj, primary)[1]
+        override = None if primary is None or number == primary.port else number
         for item in obj.get("endpoints") or []:
             conditions = item.get("conditions") or {}
             ready = conditions.get("ready")
@@ -419,9 +568,103 @@ def parse(service_obj: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -
     )
 
 
+def packing(
+    slices: Iterable[Mapping[str, Any]], primary: Port | None
+) -> dict[GroupKey, dict[str, list[str]]]:
+    """Group -> slice name -> addresses, of a service's live slices."""
+    out: dict[GroupKey, dict[str, list[str]]] = {}
+    for obj in slices:
+        addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
+        out.setdefault(slice_group(obj, primary), {})[obj["metadata"]["name"]] = addresses
+    return out
+
+
 def owner_of(obj: Mapping[str, Any]) -> str | None:
     return ((obj.get("metadata", {}).get("annotations")) or {}).get(OWNER_ANNOTATION)
 
 
 def is_managed(obj: Mapping[str, Any]) -> bool:
     return ((obj.get("metadata", {}).get("labels")) or {}).get(MANAGED_BY) == MANAGER
+
+
+# --- comparing with live objects -------------------------------------------
+
+_ENDPOINT_FIELDS = ("addresses", "hostname", "nodeName", "zone")
+_CONDITIONS = ("ready", "serving", "terminating")
+
+
+def _endpoint_view(item: Mapping[str, Any]) -> tuple[Any, ...]:
+    conditions = item.get("conditions") or {}
+    return (
+        *(tuple(item.get(f) or ()) if f == "addresses" else item.get(f) for f in _ENDPOINT_FIELDS),
+        *(conditions.get(c) for c in _CONDITIONS),
+    )
+
+
+def _port_view(item: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        item.get("name", ""),
+        item.get("port"),
+        item.get("protocol", "TCP"),
+        item.get("appProtocol"),
+    )
+
+
+def _contains(live: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bool:
+    live = live or {}
+    return all(live.get(k) == v for k, v in want.items())
+
+
+def _stale_keys(live_meta: Mapping[str, Any], want_meta: Mapping[str, Any]) -> bool:
+    """Keys the live object records as ours that the new rendering drops."""
+    live_annotations = live_meta.get("annotations") or {}
+    want_annotations = want_meta.get("annotations") or {}
+    for record, field in (
+        (LABEL_KEYS_ANNOTATION, "labels"),
+        (ANNOTATION_KEYS_ANNOTATION, "annotations"),
+    ):
+        dropped = set(_keys(live_annotations, record)) - set(_keys(want_annotations, record))
+        if dropped & set(live_meta.get(field) or {}):
+            return True
+    return False
+
+
+def differs(want: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Whether applying ``want`` would change ``live`` (``None``: absent).
+
+    Compares only what consul-sync writes: its labels, annotations and
+    ownerReferences (others may add theirs), the Service's ``clusterIP``
+    and ports, the slice's address type, endpoints and ports.  Server
+    defaults (``targetPort``, ``ipFamilies``, ...) are ignored.
+    """
+    if live is None:
+        return True
+    want_meta, live_meta = want["metadata"], live.get("metadata") or {}
+    if not _contains(live_meta.get("labels"), want_meta.get("labels") or {}):
+        return True
+    if not _contains(live_meta.get("annotations"), want_meta.get("annotations") or {}):
+        return True
+    if _stale_keys(live_meta, want_meta):
+        return True
+    live_refs = [
+        (r.get("apiVersion"), r.get("kind"), r.get("name"), r.get("uid"), bool(r.get("controller")))
+        for r in live_meta.get("ownerReferences") or []
+    ]
+    for ref in want_meta.get("ownerReferences") or []:
+        wanted = (ref["apiVersion"], ref["kind"], ref["name"], ref["uid"], bool(ref["controller"]))
+        if wanted not in live_refs:
+            return True
+    if want["kind"] == "Service":
+        live_spec = live.get("spec") or {}
+        if live_spec.get("clusterIP") != want["spec"]["clusterIP"]:
+            return True
+        return [_port_view(p) for p in want["spec"]["ports"]] != [
+            _port_view(p) for p in live_spec.get("ports") or []
+        ]
+    if live.get("addressType") != want["addressType"]:
+        return True
+    if [_port_view(p) for p in want["ports"]] != [_port_view(p) for p in live.get("ports") or []]:
+        return True
+    return [_endpoint_view(e) for e in want["endpoints"]] != [
+        _endpoint_view(e) for e in live.get("endpoints") or []
+    ]

@@ -1,0 +1,979 @@
+"""The ``kubernetes`` sink: headless Services and EndpointSlices, live.
+
+How it works (docs/kubernetes-sink.md has the long version):
+
+* **Observe**: two informers (list + watch, see :mod:`.informer`) keep the
+  target namespace's Services and consul-sync's EndpointSlices (label
+  ``endpointslice.kubernetes.io/managed-by=consul-sync``) in memory.
+  Services are watched without a selector: the only way to know, without a
+  GET per create, that a Service of a desired name already exists and is
+  somebody else's.  From those objects the sink keeps a view,
+  ``key -> Observed``, updated per event; ``observe()`` returns it (and
+  lists afresh when asked for a fresh view).  An object changed or deleted
+  behind our back marks its key dirty, so the runtime repairs it.
+* **Apply**: render the service (:mod:`.render`), with endpoints kept in
+  the slices that hold them now, and send only the objects that differ
+  from what the view holds (server-side apply, field manager
+  ``consul-sync``); delete slices that became empty.  A no-change pass
+  sends nothing; one instance change rewrites one slice.
+* **Ownership**: only objects with our managed-by label *and* our owner id
+  are ours.  Objects with the label but no owner id come from the Go
+  consul-sync: the default owner adopts them.  Anything else is never
+  written: a foreign Service of a desired name is reported (log, metric,
+  Event) and left alone.
+* **Leader election** (optional, :mod:`.leader`): only the leader writes;
+  ``active`` tells the runtime to plan nothing for a standby replica, whose
+  view stays warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+import uuid
+import weakref
+from collections.abc import (
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from functools import partial
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+import anyio.to_thread
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from consul_sync import Context, DesiredService, Duration, Observed, SinkError, setting
+from consul_sync.model import Action, Change, ServiceKey
+
+from . import render as r
+from .client import KubeClient, KubeError, Resource
+from .informer import Informer
+from .leader import LeaderElector, micro_time
+
+log = logging.getLogger("consul_sync.kubernetes")
+
+FIELD_MANAGER = "consul-sync"
+DEFAULT_INSTANCE = "consul-sync"
+SLICE_SELECTOR = f"{r.SLICE_MANAGED_BY}={r.MANAGER}"
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_T = TypeVar("_T")
+
+
+def default_owner(namespace: str, instance: str) -> str:
+    return f"{namespace}/{instance}"
+
+
+@attrs.frozen
+class KubernetesConfig:
+    kubeconfig: str = setting(
+        "",
+        env="KUBECONFIG",
+        help="kubeconfig path; empty: the in-cluster service account when in a pod, "
+        "else ~/.kube/config",
+    )
+    context: str = setting("", env="KUBE_CONTEXT", help="kubeconfig context (default: current)")
+    instance: str = setting(
+        DEFAULT_INSTANCE,
+        env="INSTANCE_NAME",
+        help="name of this consul-sync deployment: the default owner id is "
+        "<namespace>/<instance>, and the leader-election Lease is named after it",
+    )
+    owner_id: str = setting(
+        "",
+        env="OWNER_ID",
+        help="owner id written on every object (default <namespace>/<instance>); two "
+        "deployments writing to one namespace need different ones",
+    )
+    max_endpoints_per_slice: int = setting(
+        r.DEFAULT_MAX_PER_SLICE,
+        env="MAX_ENDPOINTS_PER_SLICE",
+        help="endpoints per EndpointSlice (1-1000)",
+    )
+    concurrency: int = setting(8, env="KUBE_CONCURRENCY", help="parallel API writes")
+    leader_elect: bool | None = setting(
+        None,
+        env="LEADER_ELECT",
+        help="elect a leader among replicas on a Lease (default: on when running in a cluster)",
+    )
+    lease_duration: Duration = setting(
+        Duration(15), env="LEADER_ELECT_LEASE_DURATION", help="how long a leader's Lease is valid"
+    )
+    renew_deadline: Duration = setting(
+        Duration(10),
+        env="LEADER_ELECT_RENEW_DEADLINE",
+        help="a leader that cannot renew this long stops",
+    )
+    retry_period: Duration = setting(
+        Duration(2), env="LEADER_ELECT_RETRY_PERIOD", help="how often replicas try the Lease"
+    )
+    identity: str = setting(
+        "", env="POD_NAME", help="leader-election identity (default: host name and a random id)"
+    )
+    watch_timeout: Duration = setting(
+        Duration(300), help="the server ends each watch after about this long; it restarts"
+    )
+    event_interval: Duration = setting(
+        Duration(600), help="at most one Kubernetes Event per object and reason this often"
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.max_endpoints_per_slice <= r.API_MAX_PER_SLICE:
+            raise ValueError("max_endpoints_per_slice must be 1-1000")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if len(self.instance) > 63 or not _DNS1123_LABEL.fullmatch(self.instance):
+            raise ValueError("instance must be a lowercase DNS label (it names the Lease)")
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("need retry_period < renew_deadline < lease_duration")
+
+
+class SinkMetrics:
+    """The sink's own metrics, registered once per registry."""
+
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, SinkMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "consul_sync_kubernetes_requests",
+            "Kubernetes API requests made by a sink (code 0: no answer)",
+            ["sink", "verb", "resource", "code"],
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "consul_sync_kubernetes_leader",
+            "1 while this replica leads (or leader election is off)",
+            ["sink"],
+            registry=registry,
+        )
+        self.renamed = Gauge(
+            "consul_sync_kubernetes_renamed_services",
+            "Services whose name had to be changed into a valid Kubernetes name",
+            ["sink"],
+            registry=registry,
+        )
+        self.collisions = Gauge(
+            "consul_sync_kubernetes_name_collisions",
+            "Groups of services whose names became equal when sanitised (hash-suffixed)",
+            ["sink"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "consul_sync_kubernetes_skipped",
+            "Endpoints or services left out because Kubernetes would refuse them",
+            ["sink", "what"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "consul_sync_kubernetes_events",
+            "Kubernetes Events consul-sync recorded",
+            ["sink", "reason"],
+            registry=registry,
+        )
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> SinkMetrics:
+        metrics = cls._by_registry.get(registry)
+        if metrics is None:
+            metrics = cls._by_registry[registry] = cls(registry)
+        return metrics
+
+
+#: Where a Service stands for us.
+MINE, LEGACY, FOREIGN = "mine", "legacy", "foreign"
+
+
+class _Reserved(Collection[str]):
+    """Slice names a new slice of ``service`` must not take: held by
+    another Service's slices, or found to be somebody else's."""
+
+    def __init__(self, store: Mapping[str, Mapping[str, Any]], service: str, foreign: set[str]):
+        self.store, self.service, self.foreign = store, service, foreign
+
+    def __contains__(self, name: object) -> bool:
+        if name in self.foreign:
+            return True
+        obj = self.store.get(name) if isinstance(name, str) else None
+        return obj is not None and _service_of(obj) != self.service
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(n for n in [*self.store, *self.foreign] if n in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("uid", ""))
+
+
+def _service_of(slice_obj: Mapping[str, Any]) -> str:
+    return str((_meta(slice_obj).get("labels") or {}).get(r.SERVICE_NAME_LABEL, ""))
+
+
+_FORBIDDEN = re.compile(
+    r'cannot (\S+) resource "([^"]+)" in API group "([^"]*)"(?: in the namespace "([^"]*)")?'
+)
+
+
+async def gather(calls: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run ``calls`` concurrently; the first :class:`KubeError` or
+    :class:`SinkError` among their failures is raised as itself (not in an
+    exception group)."""
+    calls = list(calls)
+    if len(calls) == 1:
+        await calls[0]()
+        return
+    try:
+        async with anyio.create_task_group() as tg:
+            for call in calls:
+                tg.start_soon(call)
+    except BaseExceptionGroup as group:
+        found = _first(group)
+        if found is not None:
+            raise found from None
+        raise
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> KubeError | SinkError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, KubeError | SinkError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def rbac_hint(error: KubeError) -> str:
+    """The RBAC rule a 403 says is missing, as a Role rule."""
+    match = _FORBIDDEN.search(error.message)
+    if match:
+        verb, resource, group, namespace = match.groups()
+    else:
+        verb = error.verb
+        resource = error.resource.plural if error.resource else "?"
+        group = error.resource.group if error.resource else ""
+        namespace = error.namespace
+    return (
+        f"missing RBAC permission: verb {verb!r} on {resource!r} (API group "
+        f"{group or 'core'!r}) in namespace {namespace or '(cluster)'!r}; add "
+        f'{{apiGroups: ["{group}"], resources: ["{resource}"], verbs: ["{verb}"]}} to the '
+        "consul-sync Role (deploy/base/rbac.yaml)"
+    )
+
+
+class KubernetesSink:
+    type_name: ClassVar[str] = "kubernetes"
+    Config: ClassVar[type[KubernetesConfig]] = KubernetesConfig
+
+    def __init__(self, name: str, config: KubernetesConfig, context: Context) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+        self.namespace = context.namespace
+        self.owner = config.owner_id or default_owner(self.namespace, config.instance)
+        #: The default owner adopts objects of the Go consul-sync (no owner id).
+        self.adopt = self.owner == default_owner(self.namespace, DEFAULT_INSTANCE)
+        self.concurrency = config.concurrency
+        # The runtime sets context.desired_keys after making its sinks: look it up late.
+        self.names = r.NameBook(lambda: context.desired_keys())  # noqa: PLW0108
+        self.metrics = SinkMetrics.of(context.metrics.registry)
+        self.client: KubeClient | None = context.extras.get("kubernetes_client")
+        self._own_client = self.client is None
+        if self.client is not None:
+            self.client.listeners.append(self._count_request)
+        self._limiter = anyio.CapacityLimiter(config.concurrency)
+        self.services: Informer | None = None
+        self.slices: Informer | None = None
+        self.elector: LeaderElector | None = None
+        self._leading = False
+        self._closed = False
+        self._view: dict[ServiceKey, Observed] = {}
+        self._key_of: dict[str, ServiceKey] = {}
+        self._names_of: dict[ServiceKey, set[str]] = {}
+        self._slices_of: dict[str, set[str]] = {}
+        self._slice_service: dict[str, str] = {}
+        #: key -> (desired service last applied, what it reads back as)
+        self._accepted: dict[ServiceKey, tuple[DesiredService, DesiredService]] = {}
+        #: keys being written now: their watch events are ours, not repairs
+        self._writing: set[ServiceKey] = set()
+        self._foreign_slices: set[str] = set()
+        self._events_sent: dict[tuple[str, str], float] = {}
+        self._conflicts_told: set[str] = set()
+        self._names_version: int | None = None
+        self._watching = False
+        self.identity = config.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        self.leader_elect = (
+            KubeClient.in_cluster() if config.leader_elect is None else config.leader_elect
+        )
+        self.metrics.leader.labels(sink=name).set(0)
+
+    # --- the protocol ----------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """False on a standby replica: the runtime plans nothing for it."""
+        return not self.leader_elect or self._leading
+
+    async def open(self) -> None:
+        await self._client()
+
+    async def observe(self, *, fresh: bool = False) -> Mapping[ServiceKey, Observed]:
+        client = await self._client()
+        services, slices = self._informers(client)
+        if fresh or not (services.synced and slices.synced):
+            try:
+                await gather(
+                    [partial(services.relist, self._limiter), partial(slices.relist, self._limiter)]
+                )
+            except KubeError as exc:
+                self._count_error(exc)
+                what = exc.resource.qualified if exc.resource else "objects"
+                detail = rbac_hint(exc) if exc.status == 403 else str(exc)
+                raise SinkError(f"cannot list {what} in {self.namespace}: {detail}") from exc
+        if not fresh:
+            await self._start_background()
+        self._refresh_names()
+        await self._tell_conflicts()
+        return self._view
+
+    async def apply(self, change: Change) -> None:
+        if not self.active:
+            raise SinkError(
+                f"standby replica (leader: {self.elector.holder if self.elector else '?'}); "
+                "the leader writes",
+                retryable=True,
+            )
+        if change.key[0] != self.namespace:
+            raise SinkError(
+                f"service {change.key[0]}/{change.key[1]} is in namespace {change.key[0]!r}; "
+                f"this sink writes to {self.namespace!r} only",
+                retryable=False,
+            )
+        await self._client()
+        self._refresh_names()
+        self._writing.add(change.key)
+        try:
+            if change.action is Action.DELETE:
+                await self._delete(change.key)
+            else:
+                assert change.desired is not None
+                try:
+                    await self._upsert(change.key, change.desired)
+                except KubeError as exc:
+                    if exc.status != 409:
+                        raise
+                    # Somebody changed an object since we saw it: read it
+                    # again and retry once with what is there now.
+                    await self._reread(exc)
+                    await self._upsert(change.key, change.desired)
+        except KubeError as exc:
+            self._accepted.pop(change.key, None)
+            raise await self._sink_error(exc, change) from exc
+        finally:
+            self._writing.discard(change.key)
+            self._reindex(self._names_of.get(change.key, set()) | {self.names.name(change.key)})
+
+    def render(self, services: Sequence[DesiredService]) -> list[dict[str, Any]]:
+        objects, problems = r.render_named(
+            services,
+            self.names,
+            owner=self.owner,
+            max_per_slice=self.config.max_endpoints_per_slice,
+        )
+        for problem in problems:
+            log.warning(problem, extra={"sink": self.name})
+        return objects
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for informer in (self.services, self.slices):
+            if informer is not None:
+                informer.stop()
+        if self.elector is not None:
+            await self.elector.stop(release=True)
+            self._set_leading(False)
+        for informer in (self.services, self.slices):
+            if informer is not None:
+                await informer.join()
+        if self._own_client and self.client is not None:
+            self.client.close()
+
+    # --- start-up ---------------------------------------------------------
+
+    async def _client(self) -> KubeClient:
+        if self.client is None:
+            config = self.config
+            try:
+                self.client = await anyio.to_thread.run_sync(
+                    partial(
+                        KubeClient.from_environment,
+                        kubeconfig=config.kubeconfig,
+                        context=config.context,
+                        pool_size=config.concurrency + 4,
+                    )
+                )
+            except Exception as exc:
+                raise SinkError(f"cannot configure the Kubernetes client: {exc}") from exc
+            self.client.listeners.append(self._count_request)
+            log.info(
+                "sink %s: Kubernetes API via %s; writing to namespace %s as owner %r",
+                self.name,
+                self.client.description,
+                self.namespace,
+                self.owner,
+                extra={"sink": self.name},
+            )
+        return self.client
+
+    def _informers(self, client: KubeClient) -> tuple[Informer, Informer]:
+        if self.services is None or self.slices is None:
+            common: dict[str, Any] = {
+                "on_error": self._watch_error,
+                "timeout_seconds": self.config.watch_timeout,
+            }
+            self.services = Informer(
+                client,
+                Resource.SERVICES,
+                self.namespace,
+                label_selector=None,
+                on_change=self._services_changed,
+                **common,
+            )
+            self.slices = Informer(
+                client,
+                Resource.ENDPOINTSLICES,
+                self.namespace,
+                label_selector=SLICE_SELECTOR,
+                on_change=self._slices_changed,
+                **common,
+            )
+        return self.services, self.slices
+
+    async def _start_background(self) -> None:
+        if self._closed:
+            return
+        assert self.services is not None and self.slices is not None and self.client is not None
+        self.services.start()
+        self.slices.start()
+        self._watching = True
+        if self.elector is None and self.leader_elect:
+            self.elector = LeaderElector(
+                self.client,
+                self.namespace,
+                self.config.instance,
+                self.identity,
+                lease_duration=self.config.lease_duration,
+                renew_deadline=self.config.renew_deadline,
+                retry_period=self.config.retry_period,
+                on_change=self._set_leading,
+                on_error=self._watch_error,
+            )
+            log.info(
+                "sink %s: leader election on Lease %s/%s as %s",
+                self.name,
+                self.namespace,
+                self.config.instance,
+                self.identity,
+                extra={"sink": self.name},
+            )
+            await self.elector.start()
+            if not self._leading:
+                log.info(
+                    "sink %s: standing by; %s leads",
+                    self.name,
+                    self.elector.holder,
+                    extra={"sink": self.name},
+                )
+        elif self.elector is None:
+            self.metrics.leader.labels(sink=self.name).set(1)
+
+    def _set_leading(self, leading: bool) -> None:
+        if leading == self._leading:
+            return
+        self._leading = leading
+        self.metrics.leader.labels(sink=self.name).set(1 if leading else 0)
+        if leading:
+            log.info("sink %s: leading; writing from now on", self.name, extra={"sink": self.name})
+            # Re-plan everything: what the previous leader left may differ.
+            self.context.mark_dirty(set(self._view) | set(self.context.desired_keys()[1]))
+        elif not self._closed:
+            log.warning(
+                "sink %s: not the leader any more (leader: %s); standing by",
+                self.name,
+                self.elector.holder if self.elector else "?",
+                extra={"sink": self.name},
+            )
+
+    def _watch_error(self, error: KubeError) -> None:
+        self._count_error(error)
+        resource = error.resource.plural if error.resource else "?"
+        detail = rbac_hint(error) if error.status == 403 else str(error)
+        log.warning(
+            "sink %s: %s %s: %s", self.name, error.verb, resource, detail, extra={"sink": self.name}
+        )
+
+    # --- the view ---------------------------------------------------------
+
+    def _classify(self, obj: Mapping[str, Any]) -> str:
+        if not r.is_managed(obj):
+            return FOREIGN
+        owner = r.owner_of(obj)
+        if owner == self.owner:
+            return MINE
+        return LEGACY if owner is None else FOREIGN
+
+    def _ours(self, obj: Mapping[str, Any]) -> bool:
+        kind = self._classify(obj)
+        return kind == MINE or (kind == LEGACY and self.adopt)
+
+    def _refresh_names(self) -> None:
+        old = dict(self.names.naming.names)
+        for news in self.names.refresh():
+            log.warning("sink %s: naming: %s", self.name, news, extra={"sink": self.name})
+        if self.names.version == self._names_version:
+            return
+        self._names_version = self.names.version
+        naming = self.names.naming
+        self.metrics.renamed.labels(sink=self.name).set(len(naming.renamed))
+        self.metrics.collisions.labels(sink=self.name).set(len(naming.collisions))
+        new = naming.names
+        affected = {
+            name
+            for key in old.keys() | new.keys()
+            if old.get(key) != new.get(key)
+            for name in (old.get(key), new.get(key))
+            if name is not None
+        }
+        self._reindex(affected)
+
+    def _services_changed(self, names: set[str]) -> None:
+        self._reindex(names, external=True)
+
+    def _slices_changed(self, names: set[str]) -> None:
+        self._reindex(self._index_slices(names), external=True)
+
+    def _index_slices(self, names: Iterable[str]) -> set[str]:
+        """Update which slices belong to which Service; returns the Services."""
+        assert self.slices is not None
+        services = set()
+        for name in names:
+            old = self._slice_service.pop(name, None)
+            if old is not None:
+                self._slices_of[old].discard(name)
+                services.add(old)
+            obj = self.slices.store.get(name)
+            if obj is not None:
+                owner = _service_of(obj)
+                self._slice_service[name] = owner
+                self._slices_of.setdefault(owner, set()).add(name)
+                services.add(owner)
+        return services
+
+    def _reindex(self, names: Iterable[str], *, external: bool = False) -> None:
+        """Recompute the view for the keys of these Kubernetes Service names."""
+        store = self.services.store if self.services is not None else {}
+        keys: set[ServiceKey] = set()
+        for name in names:
+            old = self._key_of.pop(name, None)
+            if old is not None:
+                self._names_of[old].discard(name)
+                keys.add(old)
+            obj = store.get(name)
+            if obj is None:
+                continue
+            kind = self._classify(obj)
+            if kind == MINE:
+                key = r.service_key(obj)
+            else:
+                desired = self.names.key_of(self.namespace, name)
+                if desired is None and kind == FOREIGN:
+                    continue  # somebody else's, and in nobody's way
+                key = desired or (self.namespace, name)
+            self._key_of[name] = key
+            self._names_of.setdefault(key, set()).add(name)
+            keys.add(key)
+        for key in keys:
+            before = self._view.get(key)
+            after = self._observed(key)
+            if after is None:
+                self._view.pop(key, None)
+            else:
+                self._view[key] = after
+            if external and self._watching and after != before and key not in self._writing:
+                accepted = self._accepted.get(key)
+                if after is None or accepted is None or after.service != accepted[0]:
+                    self.context.mark_dirty([key])
+
+    def _observed(self, key: ServiceKey) -> Observed | None:
+        names = self._names_of.get(key)
+        if not names:
+            self._names_of.pop(key, None)
+            return None
+        assert self.services is not None
+        store = self.services.store
+        objects = {name: store[name] for name in names if name in store}
+        ours = {name for name, obj in objects.items() if self._ours(obj)}
+        expected = self.names.naming.names.get(key)
+        if expected is None:  # not desired: whatever we hold is to be deleted
+            expected = min(ours) if ours else min(names)
+        if expected in objects and expected not in ours:
+            return Observed(key, owned=False)
+        if not ours:
+            return Observed(key, owned=False)
+        live = objects.get(expected)
+        if live is None or len(ours) > 1 or self._classify(live) != MINE:
+            # Under another name, adopted from the Go version, or twice:
+            # to be rewritten.
+            sources = None
+            if live is not None and self._classify(live) == MINE:
+                sources = r.parse(live, []).sources
+            return Observed(key, True, None, sources)
+        mine, others = self._slices_for(expected)
+        parsed = r.parse(live, mine)
+        canonical = not others and self._matches(parsed, expected, live, mine)
+        service: DesiredService | None = parsed if canonical else None
+        accepted = self._accepted.get(key)
+        if canonical and accepted is not None and accepted[1] == parsed:
+            service = accepted[0]
+        return Observed(key, True, service, parsed.sources)
+
+    def _slices_for(self, k8s_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Our slices of a Service, and adopted Go-version ones (to delete)."""
+        assert self.slices is not None
+        mine, others = [], []
+        for name in sorted(self._slices_of.get(k8s_name, ())):
+            obj = self.slices.store.get(name)
+            if obj is None:
+                continue
+            kind = self._classify(obj)
+            if kind == MINE:
+                mine.append(obj)
+            elif kind == LEGACY and self.adopt:
+                others.append(obj)
+        return mine, others
+
+    def _render(
+        self,
+        service: DesiredService,
+        k8s_name: str,
+        mine: Sequence[Mapping[str, Any]],
+        uid: str | None,
+    ) -> r.Rendered:
+        assert self.slices is not None
+        primary = service.ports[0] if service.ports else None
+        return r.render(
+            service,
+            k8s_name=k8s_name,
+            owner=self.owner,
+            max_per_slice=self.config.max_endpoints_per_slice,
+            existing=r.packing(mine, primary),
+            reserved=_Reserved(self.slices.store, k8s_name, self._foreign_slices),
+            service_uid=uid,
+        )
+
+    def _matches(
+        self,
+        parsed: DesiredService,
+        k8s_name: str,
+        live: Mapping[str, Any],
+        mine: Sequence[Mapping[str, Any]],
+    ) -> bool:
+        """Whether applying ``parsed`` would write nothing (our objects are
+        in the shape we write them)."""
+        if r.validate(parsed):
+            return False
+        rendered = self._render(parsed, k8s_name, mine, _uid(live))
+        if r.differs(rendered.service, live):
+            return False
+        by_name = {_meta(obj)["name"]: obj for obj in mine}
+        if set(by_name) != {s["metadata"]["name"] for s in rendered.slices}:
+            return False
+        return not any(r.differs(s, by_name[s["metadata"]["name"]]) for s in rendered.slices)
+
+    async def _tell_conflicts(self) -> None:
+        """Report each foreign object in a desired service's way once (the
+        leader does; a standby replica would only repeat it)."""
+        assert self.services is not None
+        if not self.active:
+            return
+        desired = self.names.naming.names
+        for key, observed in list(self._view.items()):
+            if observed.owned or key not in desired:
+                continue
+            name = desired[key]
+            obj = self.services.store.get(name)
+            if obj is None or _uid(obj) in self._conflicts_told:
+                continue
+            self._conflicts_told.add(_uid(obj))
+            owner = r.owner_of(obj)
+            whose = (
+                f"consul-sync owner {owner!r}"
+                if r.is_managed(obj) and owner
+                else "the Go consul-sync (this owner does not adopt)"
+                if r.is_managed(obj)
+                else "somebody else (no consul-sync managed-by label)"
+            )
+            message = (
+                f"Service {self.namespace}/{name} is wanted by consul-sync (owner {self.owner!r}) "
+                f"for service {key[1]!r} but was made by {whose}; leaving it alone"
+            )
+            log.warning("sink %s: %s", self.name, message, extra={"sink": self.name})
+            await self._event(obj, "NameConflict", message)
+
+    # --- writing ---------------------------------------------------------
+
+    async def _call(self, func: Callable[[], _T], *, expected: Collection[int] = ()) -> _T:
+        """Run one blocking API call in a worker thread, behind the limiter;
+        failures other than the ``expected`` statuses count as errors."""
+        try:
+            result = await anyio.to_thread.run_sync(func, limiter=self._limiter)
+        except KubeError as exc:
+            if exc.status not in expected:
+                self._count_error(exc)
+            raise
+        return result
+
+    def _count_error(self, error: KubeError) -> None:
+        self.context.metrics.kubernetes_errors.inc()
+
+    def _count_request(self, verb: str, resource: Resource, status: int) -> None:
+        self.metrics.requests.labels(self.name, verb, resource.plural, str(status)).inc()
+
+    async def _apply_object(self, resource: Resource, body: dict[str, Any], *, force: bool) -> None:
+        assert self.client is not None
+        client = self.client
+        result = await self._call(
+            lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
+        )
+        informer = self.services if resource is Resource.SERVICES else self.slices
+        assert informer is not None
+        informer.put(result)
+        if resource is Resource.ENDPOINTSLICES:
+            self._index_slices({result["metadata"]["name"]})
+
+    async def _delete_object(self, resource: Resource, obj: Mapping[str, Any]) -> None:
+        assert self.client is not None
+        client, name, uid = self.client, _meta(obj)["name"], _uid(obj)
+        try:
+            await self._call(
+                lambda: client.delete(resource, self.namespace, name, uid=uid or None),
+                expected=(404,),
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+        informer = self.services if resource is Resource.SERVICES else self.slices
+        assert informer is not None
+        informer.forget(name, uid or None)
+        if resource is Resource.ENDPOINTSLICES:
+            self._index_slices({name})
+
+    async def _upsert(self, key: ServiceKey, desired: DesiredService) -> None:
+        assert self.services is not None and self.slices is not None
+        k8s_name = self.names.name(key)
+        live = self.services.store.get(k8s_name)
+        if live is not None and not self._ours(live):
+            self._view[key] = Observed(key, owned=False)
+            await self._tell_conflicts()
+            raise SinkError(
+                f"Service {self.namespace}/{k8s_name} exists and is not consul-sync's "
+                f"(owner {self.owner!r}); left alone",
+                retryable=False,
+            )
+        if live is not None and self._classify(live) == MINE and r.service_key(live) != key:
+            raise SinkError(
+                f"Service {self.namespace}/{k8s_name} still stands for "
+                f"{r.service_key(live)[1]!r}; waiting for it to be removed",
+                retryable=True,
+            )
+        problems = r.validate(desired)
+        if problems:
+            self.metrics.skipped.labels(sink=self.name, what="service").inc()
+            raise SinkError(
+                f"service {key[0]}/{key[1]} skipped: Kubernetes would refuse it: "
+                + "; ".join(problems),
+                retryable=False,
+            )
+        mine, legacy = self._slices_for(k8s_name)
+        rendered = self._render(desired, k8s_name, mine, None)
+        for problem in rendered.problems:
+            self.metrics.skipped.labels(sink=self.name, what="endpoint").inc()
+            log.warning("sink %s: %s", self.name, problem, extra={"sink": self.name})
+        if r.differs(rendered.service, live):
+            await self._apply_object(Resource.SERVICES, rendered.service, force=live is not None)
+            live = self.services.store[k8s_name]
+        assert live is not None
+        uid = _uid(live)
+        reference = r.owner_reference(k8s_name, uid)
+        writes = []
+        for obj in rendered.slices:
+            obj["metadata"]["ownerReferences"] = [reference]
+            current = self.slices.store.get(obj["metadata"]["name"])
+            if r.differs(obj, current):
+                writes.append((obj, current is not None))
+        wanted = {obj["metadata"]["name"] for obj in rendered.slices}
+        stale = [obj for obj in mine if _meta(obj)["name"] not in wanted] + legacy
+        # Services of this key under another name (a rename): theirs go too.
+        old_services = [
+            self.services.store[name]
+            for name in self._names_of.get(key, set()) - {k8s_name}
+            if name in self.services.store and self._ours(self.services.store[name])
+        ]
+        await gather(
+            partial(self._apply_object, Resource.ENDPOINTSLICES, obj, force=exists)
+            for obj, exists in writes
+        )
+        await gather(
+            [
+                *(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in stale),
+                *(partial(self._delete_service, _meta(obj)["name"]) for obj in old_services),
+            ]
+        )
+        rendered_back = r.parse(rendered.service, rendered.slices)
+        self._accepted[key] = (desired, rendered_back)
+
+    async def _delete(self, key: ServiceKey) -> None:
+        assert self.services is not None
+        for name in sorted(self._names_of.get(key, set())):
+            obj = self.services.store.get(name)
+            if obj is not None and self._ours(obj):
+                await self._delete_service(name)
+        self._accepted.pop(key, None)
+
+    async def _delete_service(self, k8s_name: str) -> None:
+        """Delete a Service of ours, and those of its slices the garbage
+        collector would not (no ownerReference to it)."""
+        assert self.services is not None and self.slices is not None
+        service = self.services.store[k8s_name]
+        uid = _uid(service)
+        orphans = [
+            self.slices.store[name]
+            for name in sorted(self._slices_of.get(k8s_name, ()))
+            if self._ours(self.slices.store[name])
+            and not any(
+                ref.get("uid") == uid
+                for ref in _meta(self.slices.store[name]).get("ownerReferences") or []
+            )
+        ]
+        await self._delete_object(Resource.SERVICES, service)
+        await gather(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in orphans)
+
+    async def _reread(self, error: KubeError) -> None:
+        """After a 409: read the object again into the store."""
+        resource = error.resource
+        if resource not in (Resource.SERVICES, Resource.ENDPOINTSLICES) or not error.name:
+            return
+        assert self.client is not None
+        client, name = self.client, error.name
+        informer = self.services if resource is Resource.SERVICES else self.slices
+        assert informer is not None
+        try:
+            obj = await self._call(
+                lambda: client.get(resource, self.namespace, name), expected=(404,)
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            informer.forget(name)
+        else:
+            if resource is Resource.SERVICES or self._ours(obj):
+                # (a slice of ours that lost its selector label is taken back:
+                # the next apply restores the label)
+                informer.put(obj)
+            else:
+                self._foreign_slices.add(name)  # somebody else's: never take this name
+        if resource is Resource.SERVICES:
+            self._reindex({name})
+        else:
+            self._slices_changed({name})
+
+    # --- errors and events ----------------------------------------------
+
+    async def _sink_error(self, error: KubeError, change: Change) -> SinkError:
+        key = change.key
+        what = f"{error.resource.qualified if error.resource else 'object'} "
+        what += f"{error.namespace}/{error.name}" if error.name else error.namespace
+        service = f"service {key[0]}/{key[1]}"
+        if error.status == 422:
+            causes = "; ".join(
+                f"{c.get('field', '?')}: {c.get('message', '')}" for c in error.causes
+            )
+            message = (
+                f"Kubernetes rejected {what} for {service} ({error.reason or 'Invalid'}): "
+                f"{causes or error.message}"
+            )
+            obj = self.services.store.get(self.names.name(key)) if self.services else None
+            if obj is not None and self._ours(obj):
+                await self._event(obj, "Rejected", message)
+            return SinkError(message, retryable=False)
+        if error.status == 403:
+            return SinkError(f"{service}: {rbac_hint(error)} (API: {error.message})")
+        if error.status == 429 or error.status >= 500 or error.status == 0:
+            return SinkError(
+                f"{service}: Kubernetes API busy or unreachable ({error}); backing off",
+                retry_after=error.retry_after,
+            )
+        if error.status == 409:
+            return SinkError(f"{service}: {what} keeps changing under us ({error}); retrying")
+        return SinkError(f"{service}: {error.verb} {what} failed: {error}")
+
+    async def _event(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        """A Warning Event on ``obj``, at most once per ``event_interval``."""
+        uid = _uid(obj)
+        now = time.monotonic()
+        last = self._events_sent.get((uid, reason))
+        if last is not None and now - last < self.config.event_interval:
+            return
+        self._events_sent[(uid, reason)] = now
+        meta = _meta(obj)
+        stamp = micro_time()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": self.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "name": meta["name"],
+                "namespace": self.namespace,
+                "uid": uid,
+                "resourceVersion": str(meta.get("resourceVersion", "")),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning",
+            "source": {"component": "consul-sync"},
+            "reportingComponent": "consul-sync",
+            "reportingInstance": self.identity,
+            "firstTimestamp": stamp[:19] + "Z",
+            "lastTimestamp": stamp[:19] + "Z",
+            "count": 1,
+        }
+        assert self.client is not None
+        client = self.client
+        try:
+            await self._call(lambda: client.create(Resource.EVENTS, body))
+        except KubeError as exc:
+            log.debug("sink %s: cannot record an Event: %s", self.name, exc)
+            return
+        self.metrics.events.labels(sink=self.name, reason=reason).inc()

@@ -1,0 +1,146 @@
+"""Helpers: a sink (or a whole app) wired to the Kubernetes API double."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import anyio
+import attrs
+
+from consul_sync.cli import App, build_app
+from consul_sync.config import load_settings
+from consul_sync.metrics import Metrics
+from consul_sync.model import DesiredService, Endpoint, Port, ServiceKey
+from consul_sync.plan import Plan, plan
+from consul_sync.plugins import collect_types, make_plugin_manager
+from consul_sync.registry import Context
+from consul_sync.testing import FakePlugin, FakeSource
+from consul_sync_kubernetes.client import KubeClient
+from consul_sync_kubernetes.sink import KubernetesConfig, KubernetesSink
+from tests.fakes.k8s_double import KubeDouble
+
+NS = "network"
+FAST_LEADER = {"lease_duration": 1.0, "renew_deadline": 0.6, "retry_period": 0.1}
+
+
+def service(
+    name: str, *addresses: str, port: int = 8080, source: str = "consul", **kwargs: Any
+) -> DesiredService:
+    return DesiredService(
+        name=name,
+        namespace=NS,
+        ports=[Port("http", port, "TCP", kwargs.pop("app_protocol", None))],
+        endpoints=[a if isinstance(a, Endpoint) else Endpoint(a) for a in addresses],
+        sources=[source],
+        **kwargs,
+    )
+
+
+def addresses(count: int, prefix: str = "10.1") -> list[str]:
+    return [f"{prefix}.{i // 250}.{i % 250 + 1}" for i in range(count)]
+
+
+@attrs.define
+class Keys:
+    """Stands in for the runtime's desired keys (``Context.desired_keys``)."""
+
+    keys: set[ServiceKey] = attrs.field(factory=set)
+    version: int = 0
+
+    def set(self, keys: Iterable[ServiceKey]) -> None:
+        new = set(keys)
+        if new != self.keys:
+            self.keys, self.version = new, self.version + 1
+
+    def __call__(self) -> tuple[int, set[ServiceKey]]:
+        return self.version, self.keys
+
+
+@attrs.define
+class Rig:
+    """One sink on the double, driven by hand like the runtime drives it."""
+
+    sink: KubernetesSink
+    keys: Keys
+    dirty: list[ServiceKey]
+    metrics: Metrics
+
+    async def sync(self, services: Iterable[DesiredService], *, fresh: bool = False) -> Plan:
+        desired = {s.key: s for s in services}
+        self.keys.set(desired)
+        view = await self.sink.observe(fresh=fresh)
+        the_plan = plan(desired, view)
+        for change in the_plan.changes:
+            await self.sink.apply(change)
+        return the_plan
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+def make_sink(kube: KubeDouble, name: str = "kubernetes", **config: Any) -> Rig:
+    config.setdefault("leader_elect", False)
+    metrics = Metrics()
+    keys = Keys()
+    dirty: list[ServiceKey] = []
+    context = Context(
+        metrics=metrics,
+        namespace=NS,
+        extras={"kubernetes_client": KubeClient.for_url(kube.url)},
+        mark_dirty=dirty.extend,
+        desired_keys=keys,
+    )
+    sink = KubernetesSink(name, KubernetesConfig(**config), context)
+    return Rig(sink, keys, dirty, metrics)
+
+
+def kube_app(
+    kube: KubeDouble, *, sink: dict[str, Any] | None = None, **global_settings: Any
+) -> App:
+    """A whole consul-sync: a fake source into the kubernetes sink on the double."""
+    pm = make_plugin_manager(plugins=[("fake", FakePlugin())], environ={})
+    registry = collect_types(pm)
+    raw = {
+        "namespace": NS,
+        "coalesce_window": "10ms",
+        "retry_base": "50ms",
+        "retry_max": "500ms",
+        **global_settings,
+        "sources": [{"name": "consul", "type": "fake"}],
+        "sinks": [
+            {"name": "kubernetes", "type": "kubernetes", "leader_elect": False, **(sink or {})}
+        ],
+    }
+    settings = load_settings(registry, raw=raw, environ={})
+    metrics = Metrics()
+    context = Context(metrics=metrics, extras={"kubernetes_client": KubeClient.for_url(kube.url)})
+    return build_app(settings, pm, registry, metrics=metrics, context=context)
+
+
+def source(app: App) -> FakeSource:
+    item = app.runtime.sources[0]
+    assert isinstance(item, FakeSource)
+    return item
+
+
+def the_sink(app: App) -> KubernetesSink:
+    item = app.runtime.sinks[0]
+    assert isinstance(item, KubernetesSink)
+    return item
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def writes(kube: KubeDouble) -> list[tuple[str, str]]:
+    """(method, path) of every write the double received."""
+    return [(w.method, w.path) for w in kube.writes()]
+
+
+def names(kube: KubeDouble, resource: str, selector: str = "") -> list[str]:
+    return sorted(o["metadata"]["name"] for o in kube.list(resource, NS, label_selector=selector))

@@ -1,0 +1,420 @@
+"""The kubernetes sink against the API double (real HTTP, the real client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from consul_sync import SinkError
+from consul_sync.model import Action, Change, DesiredService, Endpoint, Port
+from consul_sync_kubernetes import render as r
+from tests.fakes.k8s_double import KubeDouble
+
+from .helpers import NS, addresses, make_sink, names, service, until, writes
+
+pytestmark = pytest.mark.anyio
+
+SLICES = "endpointslices"
+OURS = "endpointslice.kubernetes.io/managed-by=consul-sync"
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeDouble]:
+    with KubeDouble() as double:
+        yield double
+
+
+# --- objects the API server accepts --------------------------------------------
+
+
+async def test_creates_a_headless_service_and_slices_the_seed_commands_show(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    web = service("web", "10.0.10.11", Endpoint("10.0.10.12", ready=False), app_protocol="http")
+    await rig.sync([web])
+    assert names(kube, "services", "app.kubernetes.io/managed-by=consul-sync") == ["web"]
+    assert names(kube, SLICES, OURS) == ["web-v4-8080"]
+    svc = kube.get("services", NS, "web")
+    assert svc is not None
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["ports"][0]["appProtocol"] == "http"
+    assert svc["metadata"]["annotations"][r.OWNER_ANNOTATION] == "network/consul-sync"
+    slice_obj = kube.get(SLICES, NS, "web-v4-8080")
+    assert slice_obj is not None
+    assert slice_obj["metadata"]["ownerReferences"][0]["uid"] == svc["metadata"]["uid"]
+    assert [e["conditions"]["ready"] for e in slice_obj["endpoints"]] == [True, False]
+    # server-side apply, field manager consul-sync
+    assert {(w.method, w.query.get("fieldManager"), w.content_type) for w in kube.writes()} == {
+        ("PATCH", "consul-sync", "application/apply-patch+yaml")
+    }
+    assert rig.sink._view[web.key].service == web
+    # the watch-fed view answers every question: no GET per object
+    assert kube.count("get") == 0
+    assert {e.verb for e in kube.exchanges} <= {"list", "watch", "patch"}
+
+
+async def test_labels_the_service_stops_carrying_are_removed(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("web", "10.0.0.1", labels={"team": "media", "tier": "1"})])
+    await rig.sync([service("web", "10.0.0.1", labels={"team": "media"})])
+    live = kube.get("services", NS, "web")
+    assert live is not None and "tier" not in live["metadata"]["labels"]
+    assert live["metadata"]["labels"]["team"] == "media"
+    kube.reset_log()
+    assert (await rig.sync([service("web", "10.0.0.1", labels={"team": "media"})])).empty
+
+
+async def test_ipv4_ipv6_and_hostname_instances_make_three_address_types(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("nas", "10.0.0.5", "fd00::5", "nas.home.arpa")])
+    types = {o["addressType"] for o in kube.list(SLICES, NS, label_selector=OURS)}
+    assert types == {"IPv4", "IPv6", "FQDN"}
+
+
+async def test_2500_instances_make_25_slices_and_one_change_one_write(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    many = addresses(2500)
+    await rig.sync([service("big", *many)])
+    assert len(names(kube, SLICES, OURS)) == 25
+    kube.reset_log()
+    flipped = [Endpoint(a, ready=(a != many[1234])) for a in many]
+    await rig.sync([service("big", *flipped)])
+    assert len(writes(kube)) == 1 and writes(kube)[0][0] == "PATCH"
+    kube.reset_log()
+    await rig.sync([service("big", *flipped[:-1])])  # one instance leaves
+    assert len(writes(kube)) == 1
+    kube.reset_log()
+    await rig.sync([service("big", *flipped)])  # and comes back
+    assert len(writes(kube)) == 1
+    assert len(names(kube, SLICES, OURS)) == 25
+
+
+async def test_a_no_change_resync_writes_nothing(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    services = [service(f"s{i}", f"10.0.0.{i}", "fd00::1") for i in range(1, 20)]
+    await rig.sync(services)
+    kube.reset_log()
+    plan = await rig.sync(services, fresh=True)
+    assert plan.empty and writes(kube) == []
+    assert kube.count("list") == 2  # a fresh view: one list of each kind
+
+
+async def test_slices_emptied_are_deleted_and_deleting_the_service_collects_them(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("web", "10.0.0.1", "fd00::1"), service("db", "10.0.0.2")])
+    await rig.sync([service("web", "10.0.0.1"), service("db", "10.0.0.2")])
+    assert names(kube, SLICES, OURS) == ["db-v4-8080", "web-v4-8080"]
+    kube.reset_log()
+    await rig.sync([service("db", "10.0.0.2")])
+    # one DELETE of the Service; the garbage collector takes its slice
+    assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/web")]
+    assert names(kube, SLICES, OURS) == ["db-v4-8080"]
+    assert ("network", "web") not in rig.sink._view
+
+
+async def test_renamed_and_colliding_names(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    await rig.sync(
+        [
+            service("Web", "10.0.0.1"),
+            service("web", "10.0.0.2"),
+            service("Home_Assistant", "10.0.0.3"),
+        ]
+    )
+    held = names(kube, "services")
+    assert "home-assistant" in held
+    assert len([n for n in held if n.startswith("web-")]) == 2
+    assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 1
+    assert rig.metric("consul_sync_kubernetes_renamed_services", sink="kubernetes") == 1
+    # read back under their own names: nothing more to do
+    assert (
+        await rig.sync(
+            [
+                service("Web", "10.0.0.1"),
+                service("web", "10.0.0.2"),
+                service("Home_Assistant", "10.0.0.3"),
+            ]
+        )
+    ).empty
+    # the collision goes away: "web" takes its plain name, the suffixed one is removed
+    await rig.sync([service("web", "10.0.0.2"), service("Home_Assistant", "10.0.0.3")])
+    assert names(kube, "services") == ["home-assistant", "web"]
+
+
+async def test_invalid_endpoints_are_skipped_and_counted(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("web", "10.0.0.1", "nas")])
+    assert names(kube, SLICES, OURS) == ["web-v4-8080"]
+    assert rig.metric("consul_sync_kubernetes_skipped_total", sink="kubernetes", what="endpoint")
+    kube.reset_log()
+    assert (await rig.sync([service("web", "10.0.0.1", "nas")])).empty  # not rewritten
+
+
+# --- repair ------------------------------------------------------------------
+
+
+async def test_external_edits_and_deletions_are_seen_and_repaired(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    web = service("web", "10.0.0.1", labels={"team": "media"})
+    await rig.sync([web])
+    await rig.sink.observe()  # watching from now on
+    await anyio.to_thread.run_sync(kube.wait_for_watches, 2)
+
+    edited = kube.get(SLICES, NS, "web-v4-8080")
+    assert edited is not None
+    edited["endpoints"][0]["conditions"]["ready"] = False
+    kube.update(SLICES, edited)
+    await until(lambda: ("network", "web") in rig.dirty)
+    assert rig.sink._view[web.key].service != web
+    rig.dirty.clear()
+    await rig.sync([web])
+    live = kube.get(SLICES, NS, "web-v4-8080")
+    assert live is not None and live["endpoints"][0]["conditions"]["ready"] is True
+
+    kube.delete("services", NS, "web")  # and its slice with it
+    await until(lambda: ("network", "web") in rig.dirty)
+    await rig.sync([web])
+    assert names(kube, SLICES, OURS) == ["web-v4-8080"]
+
+    # labels others add are not ours to remove, and cause no rewrite
+    svc = kube.get("services", NS, "web")
+    assert svc is not None
+    svc["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] = "apps"
+    kube.update("services", svc)
+    await anyio.sleep(0.2)
+    kube.reset_log()
+    assert (await rig.sync([web])).empty and writes(kube) == []
+
+
+async def test_a_compacted_watch_lists_again(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    web = service("web", "10.0.0.1")
+    await rig.sync([web])
+    await rig.sink.observe()
+    await anyio.to_thread.run_sync(kube.wait_for_watches, 2)
+    kube.stop()  # the watches end; when they come back their history is gone
+    kube.compact()
+    kube.start()
+    kube.delete("services", NS, "web")
+    await until(lambda: web.key not in rig.sink._view, timeout=10)
+    assert web.key in rig.dirty
+
+
+# --- ownership ---------------------------------------------------------------
+
+
+async def test_a_foreign_service_of_the_same_name_is_left_alone_and_reported(
+    kube: KubeDouble,
+) -> None:
+    kube.create(
+        "services",
+        {
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        },
+    )
+    before = kube.get("services", NS, "web")
+    rig = make_sink(kube)
+    the_plan = await rig.sync([service("web", "10.0.0.1"), service("db", "10.0.0.2")])
+    assert the_plan.conflicts == (("network", "web"),)
+    assert kube.get("services", NS, "web") == before
+    assert names(kube, SLICES, OURS) == ["db-v4-8080"]
+    (event,) = kube.list("events", NS)
+    assert event["reason"] == "NameConflict" and event["involvedObject"]["name"] == "web"
+    assert event["type"] == "Warning"
+    # reported once
+    await rig.sync([service("web", "10.0.0.1"), service("db", "10.0.0.2")], fresh=True)
+    assert len(kube.list("events", NS)) == 1
+    # asked to write it anyway (a race): refused, not retried, nothing written
+    kube.reset_log()
+    with pytest.raises(SinkError) as caught:
+        await rig.sink.apply(Change(Action.CREATE, ("network", "web"), service("web")))
+    assert not caught.value.retryable and "not consul-sync's" in str(caught.value)
+    assert writes(kube) == []
+
+
+async def test_a_foreign_slice_with_our_slice_name_is_left_alone(kube: KubeDouble) -> None:
+    kube.create(
+        SLICES,
+        {
+            "metadata": {
+                "name": "web-v4-8080",
+                "namespace": NS,
+                "labels": {"kubernetes.io/service-name": "other"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["192.168.1.1"]}],
+        },
+        manager="someone",
+    )
+    before = kube.get(SLICES, NS, "web-v4-8080")
+    rig = make_sink(kube)
+    await rig.sync([service("web", "10.0.0.1")])  # 409 (not ours), read again, another name
+    assert [e.status for e in kube.exchanges if e.verb == "patch"] == [201, 409, 201]
+    assert kube.get(SLICES, NS, "web-v4-8080") == before
+    assert names(kube, SLICES, OURS) == ["web-v4-8080-2"]
+    assert (await rig.sync([service("web", "10.0.0.1")])).empty
+
+
+async def test_two_owner_ids_in_one_namespace_do_not_prune_each_other(kube: KubeDouble) -> None:
+    a = make_sink(kube, "a", instance="site-a")
+    b = make_sink(kube, "b", instance="site-b")
+    await a.sync([service("alpha", "10.0.0.1"), service("shared", "10.0.0.3")])
+    plan_b = await b.sync([service("beta", "10.0.0.2"), service("shared", "10.0.0.4")])
+    assert plan_b.conflicts == (("network", "shared"),)  # a's; b leaves it alone
+    # each side's source now has nothing: each prunes only its own
+    await a.sync([])
+    assert names(kube, "services") == ["beta"]
+    await b.sync([])
+    assert names(kube, "services") == []
+    assert names(kube, SLICES, OURS) == []
+
+
+def _go_version_objects(kube: KubeDouble, name: str, address: str) -> None:
+    labels = {"app.kubernetes.io/managed-by": "consul-sync"}
+    kube.create(
+        "services",
+        {
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 8080}]},
+        },
+        manager="consul-sync",
+    )
+    kube.create(
+        SLICES,
+        {
+            "metadata": {
+                "name": f"{name}-consul",
+                "namespace": NS,
+                "labels": {
+                    **labels,
+                    "kubernetes.io/service-name": name,
+                    "endpointslice.kubernetes.io/managed-by": "consul-sync",
+                },
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        },
+        manager="consul-sync",
+    )
+
+
+async def test_objects_of_the_go_version_are_adopted_without_leftovers(
+    kube: KubeDouble,
+) -> None:
+    _go_version_objects(kube, "plex", "10.0.10.100")
+    _go_version_objects(kube, "gone", "10.0.10.101")
+    uid = (kube.get("services", NS, "plex") or {})["metadata"]["uid"]
+    rig = make_sink(kube)
+    plex = service("plex", "10.0.10.100")
+    the_plan = await rig.sync([plex])
+    assert {(c.action, c.key[1]) for c in the_plan.changes} == {
+        (Action.UPDATE, "plex"),
+        (Action.DELETE, "gone"),
+    }
+    assert names(kube, "services") == ["plex"]
+    assert names(kube, SLICES, OURS) == ["plex-v4-8080"]
+    adopted = kube.get("services", NS, "plex")
+    assert adopted is not None and adopted["metadata"]["uid"] == uid  # the same Service
+    assert adopted["metadata"]["annotations"][r.OWNER_ANNOTATION] == "network/consul-sync"
+    assert (await rig.sync([plex])).empty
+
+
+async def test_another_owner_does_not_adopt_the_go_version(kube: KubeDouble) -> None:
+    _go_version_objects(kube, "plex", "10.0.10.100")
+    rig = make_sink(kube, instance="site-b")
+    the_plan = await rig.sync([service("plex", "10.0.10.100")])
+    assert the_plan.conflicts == (("network", "plex"),) and the_plan.empty
+    assert names(kube, SLICES, OURS) == ["plex-consul"]
+
+
+# --- errors ------------------------------------------------------------------
+
+
+async def test_a_409_is_read_again_and_retried(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("web", "10.0.0.1")])
+    kube.reset_log()
+    kube.fail_next(method="PATCH", status=409)
+    await rig.sync([service("web", "10.0.0.2")])
+    assert [e.verb for e in kube.exchanges if e.verb != "list"] == ["patch", "get", "patch"]
+    live = kube.get(SLICES, NS, "web-v4-8080")
+    assert live is not None and live["endpoints"][0]["addresses"] == ["10.0.0.2"]
+    assert rig.metric("consul_sync_kubernetes_errors_total") == 1
+    assert (
+        rig.metric(
+            "consul_sync_kubernetes_requests_total",
+            sink="kubernetes",
+            verb="patch",
+            resource="endpointslices",
+            code="409",
+        )
+        == 1
+    )
+
+
+async def test_429_and_5xx_back_off_honouring_retry_after(kube: KubeDouble) -> None:
+    rig = make_sink(kube)
+    kube.fail_next(method="PATCH", status=429, retry_after=7)
+    with pytest.raises(SinkError) as caught:
+        await rig.sync([service("web", "10.0.0.1")])
+    assert caught.value.retryable and caught.value.retry_after == 7
+    kube.fail_next(method="PATCH", status=503)
+    with pytest.raises(SinkError) as caught:
+        await rig.sync([service("web", "10.0.0.1")])
+    assert caught.value.retryable and "busy or unreachable" in str(caught.value)
+    assert rig.metric("consul_sync_kubernetes_errors_total") == 2
+    await rig.sync([service("web", "10.0.0.1")])
+    assert names(kube, "services") == ["web"]
+
+
+async def test_a_422_names_the_service_and_the_reason_and_is_not_retried(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    bad = service("web", Endpoint("10.0.0.1", hostname="Not_A_Label"))
+    with pytest.raises(SinkError) as caught:
+        await rig.sync([bad])
+    message = str(caught.value)
+    assert not caught.value.retryable
+    assert "service network/web" in message and "endpointslices" in message
+    assert "endpoints[0].hostname" in message
+    (event,) = kube.list("events", NS)
+    assert event["reason"] == "Rejected" and event["involvedObject"]["name"] == "web"
+    with pytest.raises(SinkError):  # rejected again: no second Event (rate-limited)
+        await rig.sink.apply(Change(Action.UPDATE, bad.key, bad))
+    assert len(kube.list("events", NS)) == 1
+    # others proceed
+    await rig.sync([service("db", "10.0.0.2")])
+    assert "db" in names(kube, "services")
+
+
+async def test_a_403_names_the_missing_rbac_rule(kube: KubeDouble) -> None:
+    kube.deny("patch", "endpointslices")
+    rig = make_sink(kube)
+    with pytest.raises(SinkError) as caught:
+        await rig.sync([service("web", "10.0.0.1")])
+    message = str(caught.value)
+    assert "verb 'patch' on 'endpointslices' (API group 'discovery.k8s.io')" in message
+    assert "namespace 'network'" in message
+    assert rig.metric("consul_sync_kubernetes_errors_total") == 1
+
+
+async def test_a_service_kubernetes_would_refuse_is_skipped_with_the_reason(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    bad = DesiredService(name="web", namespace=NS, ports=[Port("Web_UI", 80)], sources=["x"])
+    with pytest.raises(SinkError) as caught:
+        await rig.sync([bad])
+    assert not caught.value.retryable and "'Web_UI'" in str(caught.value)
+    assert writes(kube) == []
