@@ -43,7 +43,10 @@ log = logging.getLogger("consul_sync.manifests")
 @attrs.frozen
 class ManifestsConfig:
     output: str = setting("-", help="'-' for standard output, or a directory of YAML files")
-    owner: str = setting(MANAGER, help="owner id written on every object")
+    owner: str = setting(
+        "", help="owner id written on every object (default: <namespace>/consul-sync, "
+        "as the kubernetes sink's default)"
+    )
     max_endpoints_per_slice: int = setting(
         DEFAULT_MAX_PER_SLICE,
         help="endpoints per EndpointSlice (1-1000)",
@@ -70,7 +73,9 @@ class ManifestsSink:
         self.config = config
         self.context = context
         self.stream = stream
-        # The runtime sets context.desired_keys after making its sinks: look it up late.
+        # The same default owner as the kubernetes sink's, so that what this
+        # sink renders is what that one would write.
+        self.owner = config.owner or f"{context.namespace}/{MANAGER}"
         self.names = NameBook(lambda: context.desired_keys())  # noqa: PLW0108
         self._view: dict[ServiceKey, Observed] = {}
         self._files: dict[ServiceKey, list[Path]] = {}
@@ -84,7 +89,7 @@ class ManifestsSink:
             self.directory.mkdir(parents=True, exist_ok=True)
 
     def _ours(self, obj: Mapping[str, Any]) -> bool:
-        return is_managed(obj) and owner_of(obj) == self.config.owner
+        return is_managed(obj) and owner_of(obj) == self.owner
 
     async def observe(self, *, fresh: bool = False) -> Mapping[ServiceKey, Observed]:
         if self.directory is None or (self._view and not fresh):
@@ -123,7 +128,7 @@ class ManifestsSink:
         objects, problems = render_named(
             services,
             self.names,
-            owner=self.config.owner,
+            owner=self.owner,
             max_per_slice=self.config.max_endpoints_per_slice,
         )
         for problem in problems:

@@ -27,7 +27,7 @@ def default_text(field: attrs.Attribute[Any]) -> str:
         return "required"
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         default = default.factory()
-    if default is None or default == ():
+    if default is None or default == () or default == "":
         return "—"
     if isinstance(default, Duration):
         return f"`{format_duration(default)}`"
