@@ -189,3 +189,4 @@ def test_missing_consul_addr_is_one_clear_message(capsys) -> None:
     err = capsys.readouterr().err
     assert code == 1
     assert "invalid configuration (environment)" in err
+    assert "the Consul address is required: set CONSUL_ADDR (or CONSUL_HTTP_ADDR)" in err
