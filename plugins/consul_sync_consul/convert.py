@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -100,47 +100,12 @@ def to_desired(
     (e.g. the file or the agent they came from).
     """
     prefix = f"{where}: " if where else ""
-    warnings: list[str] = []
     ordered = sorted(instances, key=lambda i: i.id)
-    meta = _first_meta(ordered)
-    k8s_name = name
-    if META_NAME in meta:
-        if _DNS1035.fullmatch(meta[META_NAME]):
-            k8s_name = meta[META_NAME]
-        else:
-            warnings.append(
-                f"{prefix}service {name!r}: Meta {META_NAME}={meta[META_NAME]!r} is "
-                "not a DNS-1035 label (lowercase letters, digits, '-', starting "
-                "with a letter, at most 63); ignored"
-            )
-    port_name = DEFAULT_PORT_NAME
-    if META_PORT_NAME in meta:
-        if _IANA_SVC.fullmatch(meta[META_PORT_NAME]) and re.search("[a-z]", meta[META_PORT_NAME]):
-            port_name = meta[META_PORT_NAME]
-        else:
-            warnings.append(
-                f"{prefix}service {name!r}: Meta {META_PORT_NAME}="
-                f"{meta[META_PORT_NAME]!r} is not a valid port name (lowercase "
-                "letters, digits and '-', at most 15, with a letter); ignored"
-            )
-    app_protocol = None
-    if META_APP_PROTOCOL in meta:
-        if _APP_PROTOCOL.fullmatch(meta[META_APP_PROTOCOL]):
-            app_protocol = meta[META_APP_PROTOCOL]
-        else:
-            warnings.append(
-                f"{prefix}service {name!r}: Meta {META_APP_PROTOCOL}="
-                f"{meta[META_APP_PROTOCOL]!r} is not a valid appProtocol; ignored"
-            )
-    protocol = "TCP"
-    if META_PROTOCOL in meta:
-        if meta[META_PROTOCOL].upper() in ("TCP", "UDP", "SCTP"):
-            protocol = meta[META_PROTOCOL].upper()
-        else:
-            warnings.append(
-                f"{prefix}service {name!r}: Meta {META_PROTOCOL}="
-                f"{meta[META_PROTOCOL]!r} is not TCP, UDP or SCTP; ignored"
-            )
+    overrides, warnings = _valid_overrides(_first_meta(ordered), f"{prefix}service {name!r}")
+    k8s_name = overrides.get(META_NAME, name)
+    port_name = overrides.get(META_PORT_NAME, DEFAULT_PORT_NAME)
+    app_protocol = overrides.get(META_APP_PROTOCOL)
+    protocol = overrides.get(META_PROTOCOL, "TCP").upper()
     if not ordered:
         return Converted(None, tuple(warnings))
     # The service port is the most common instance port (ties: the lowest);
@@ -173,6 +138,39 @@ def to_desired(
         sources=[source],
     )
     return Converted(service, tuple(warnings))
+
+
+#: Meta key -> (is the value valid?, what is wrong with it otherwise).
+_OVERRIDES: dict[str, tuple[Callable[[str], bool], str]] = {
+    META_NAME: (
+        lambda v: _DNS1035.fullmatch(v) is not None,
+        "is not a DNS-1035 label (lowercase letters, digits, '-', starting with a letter, "
+        "at most 63)",
+    ),
+    META_PORT_NAME: (
+        lambda v: _IANA_SVC.fullmatch(v) is not None and re.search("[a-z]", v) is not None,
+        "is not a valid port name (lowercase letters, digits and '-', at most 15, with a letter)",
+    ),
+    META_APP_PROTOCOL: (
+        lambda v: _APP_PROTOCOL.fullmatch(v) is not None,
+        "is not a valid appProtocol",
+    ),
+    META_PROTOCOL: (lambda v: v.upper() in ("TCP", "UDP", "SCTP"), "is not TCP, UDP or SCTP"),
+}
+
+
+def _valid_overrides(meta: Mapping[str, str], what: str) -> tuple[dict[str, str], list[str]]:
+    """The ``k8s-*`` Meta overrides that are valid, and a warning per invalid one."""
+    valid: dict[str, str] = {}
+    warnings: list[str] = []
+    for key, (is_valid, problem) in _OVERRIDES.items():
+        if key not in meta:
+            continue
+        if is_valid(meta[key]):
+            valid[key] = meta[key]
+        else:
+            warnings.append(f"{what}: Meta {key}={meta[key]!r} {problem}; ignored")
+    return valid, warnings
 
 
 def _first_meta(instances: Iterable[Instance]) -> dict[str, str]:

@@ -44,8 +44,9 @@ log = logging.getLogger("consul_sync.manifests")
 class ManifestsConfig:
     output: str = setting("-", help="'-' for standard output, or a directory of YAML files")
     owner: str = setting(
-        "", help="owner id written on every object (default: <namespace>/consul-sync, "
-        "as the kubernetes sink's default)"
+        "",
+        help="owner id written on every object (default: <namespace>/consul-sync, "
+        "as the kubernetes sink's default)",
     )
     max_endpoints_per_slice: int = setting(
         DEFAULT_MAX_PER_SLICE,
