@@ -12,7 +12,10 @@ It reports:
 * health flip -> the runtime receiving it (the source's publish), and -> the
   sink having applied it: median and p99 over ``--samples`` flips;
 * registration of a new service -> the runtime / the sink (same);
-* an address change in place (the case only a sweep finds) -> the sink;
+* an address change in place (found by the instance scan, no sweep) -> the
+  runtime / the sink (same, over ``--moves`` changes);
+* a node's own address changing (the nodes watch), for an instance without
+  an address of its own -> the runtime / the sink;
 * consul-sync's CPU (percent of one core) and memory (RSS) while idle.
 """
 
@@ -117,6 +120,9 @@ async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any
     with RemoteDouble(seed=n, max_conns_per_client=200) as consul:
         started = time.monotonic()
         names = consul.populate(n, 3)
+        consul.add_node("bench-node", "10.252.0.1")
+        consul.register("bench-on-node", service_id="bench-on-node-1", address="", port=80,
+                        tags=TAG, status="passing", node="bench-node")  # fmt: skip
         out["populate_s"] = time.monotonic() - started
         source = make_source(consul.url, wait=300, timeout=10, retry_max=10)
         source.retry_base = 0.5
@@ -132,7 +138,7 @@ async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any
             started = time.monotonic()
             await tg.start(runtime.run)
             with anyio.fail_after(600):
-                while len(sink.objects) < n:  # noqa: ASYNC110 - polling the sink is the point
+                while len(sink.objects) < n + 1:  # noqa: ASYNC110 - polling the sink is the point
                     await anyio.sleep(0.01)
             out["initial_sync_s"] = time.monotonic() - started
 
@@ -182,6 +188,17 @@ async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any
                         limit=300,
                     )
                 )
+            node_moves: list[tuple[float, float]] = []
+            for i in range(samples):
+                address = f"10.252.{1 + i // 250}.{1 + i % 250}"
+                node_moves.append(
+                    await watch.measure(
+                        lambda address=address: consul.add_node("bench-node", address),
+                        lambda o, address=address: (
+                            ready_of(o, "bench-on-node", address) is not None
+                        ),
+                    )
+                )
             # let sweeps and publishes settle, then measure idle
             with anyio.fail_after(600):
                 while source._sweep_pending:  # noqa: ASYNC110 - polling the source
@@ -200,6 +217,7 @@ async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any
         out["flip"] = flips
         out["registration"] = registrations
         out["address_change"] = moves
+        out["node_address_change"] = node_moves
         out["sweeps"] = source.sweeps
     return out
 
@@ -218,12 +236,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--sweeps", type=int, default=3, help="address changes in place")
+    parser.add_argument(
+        "--moves", "--sweeps", type=int, default=30, help="address changes in place"
+    )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
     args = parser.parse_args()
     print(f"consul-sync consul source benchmark (pid {os.getpid()}, {os.cpu_count()} CPUs)")
     for n in args.services:
-        result = anyio.run(bench, n, args.samples, args.idle, args.sweeps)
+        result = anyio.run(bench, n, args.samples, args.idle, args.moves)
         print(f"\nN = {n} services x 3 instances (budget 64 connections)")
         print(
             f"  populate {result['populate_s']:.1f} s; initial sync to the sink "
@@ -236,6 +256,7 @@ def main() -> None:
         print(row("health flip", result["flip"]))
         print(row("registration (new service)", result["registration"]))
         print(row("address change in place", result["address_change"]))
+        print(row("node address change", result["node_address_change"]))
         print(
             f"  idle: CPU {result['idle_cpu_pct']:.2f} % of one core, RSS "
             f"{result['idle_rss_mib']:.0f} MiB; sweeps run {result['sweeps']}"

@@ -12,6 +12,9 @@ The shapes are those recorded from Consul 1.10 (see the fixtures' README):
 ``/v1/catalog/services``   ``{"name": ["tag", ...], ...}``
 ``/v1/health/service/N``   ``[{"Node": {...}, "Service": {...}, "Checks": [...]}, ...]``
 ``/v1/health/state/any``   ``[{"Node", "CheckID", "Status", "ServiceID", "ServiceName", ...}]``
+``/v1/catalog/nodes``       ``[{"Node": "n1", "Address": "10.0.0.1", ...}, ...]``
+``/v1/catalog/node-services/N``  ``{"Node": {...} | null, "Services": [{"ID", "Service",
+"ModifyIndex", ...}]}`` (Consul >= 1.7; not recorded: the documented shape)
 """
 
 from __future__ import annotations
@@ -245,6 +248,40 @@ def check_members(body: Any) -> dict[str, frozenset[tuple[str, str]]]:
     except (TypeError, KeyError):
         raise Malformed("health/state/any: an entry lacks Node, ServiceID or ServiceName") from None
     return {name: frozenset(ids) for name, ids in members.items()}
+
+
+# --- /v1/catalog/nodes and /v1/catalog/node-services/NODE ----------------------
+
+
+def catalog_nodes(body: Any) -> dict[str, str]:
+    """Node name -> its address."""
+    if not isinstance(body, list):
+        raise Malformed(f"catalog/nodes: expected a list, got {type(body).__name__}")
+    out: dict[str, str] = {}
+    for position, item in enumerate(body):
+        if not isinstance(item, dict) or not isinstance(item.get("Node"), str):
+            raise Malformed(f"catalog/nodes: entry {position} lacks Node")
+        address = item.get("Address")
+        out[item["Node"]] = address if isinstance(address, str) else ""
+    return out
+
+
+#: Service name -> {(node, service ID): ModifyIndex}.
+Instances = dict[str, dict[tuple[str, str], int]]
+
+
+def node_services(node: str, body: Any, into: Instances) -> None:
+    """Add the instances of a ``catalog/node-services/NODE`` answer to
+    ``into`` (a lean pass: at scale one node may hold 30,000 instances)."""
+    if not isinstance(body, dict) or not isinstance(body.get("Services") or [], list):
+        raise Malformed(f"catalog/node-services/{node}: expected an object with Services")
+    try:
+        for item in body.get("Services") or ():
+            into.setdefault(item["Service"], {})[(node, item["ID"])] = int(item["ModifyIndex"])
+    except (TypeError, KeyError, ValueError):
+        raise Malformed(
+            f"catalog/node-services/{node}: a service lacks ID, Service or ModifyIndex"
+        ) from None
 
 
 def node_checks(checks: Checks) -> dict[str, tuple[tuple[str, str], ...]]:

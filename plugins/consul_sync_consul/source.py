@@ -10,16 +10,22 @@ How it watches (docs/consul-source.md has the reasoning and measurements):
   any scale) -- health flips, maintenance, node health;
 * targeted non-blocking reads of ``/v1/health/service/NAME`` for exactly
   the services one of the watches named, by a pool of readers;
-* when the catalog index moved with an unchanged body, one read of every
-  tagged check to find instances (with checks) that came or went;
+* one blocking query on ``/v1/catalog/nodes`` (when the budget allows a
+  third long-poll) -- a node's own address, which instances without an
+  address of their own use;
+* when the catalog index moved with an unchanged body (an instance came or
+  went, or was re-registered in place with a new address, port or meta), a
+  scan of the catalog's instances: ``/v1/catalog/nodes`` then
+  ``/v1/catalog/node-services/NODE`` (tagged instances only) for each node,
+  whose ``ModifyIndex`` per instance names the services to read;
 * a sweep (every tagged service read again, in the background, at lower
-  priority) when still nothing explains the move: a service re-registered
-  with a new address, port or meta, an instance without checks.  It is
-  also what the initial read, the periodic resync and a recovery after an
-  outage do.
+  priority) only when that scan is not available (an agent older than 1.7,
+  or a failed scan): then one read of every tagged check first finds
+  instances with checks that came or went.  A sweep is also what the
+  initial read, the periodic resync and a recovery after an outage do.
 
-Connections: two long-polls plus at most ``max_connections - 2`` reads in
-flight, whatever the number of services.
+Connections: two or three long-polls plus reads, never more than
+``max_connections`` at once, whatever the number of services.
 
 Failures keep the last good state and make the snapshot incomplete, so
 that nothing is pruned on behalf of a source that cannot see.
@@ -50,6 +56,8 @@ from .api import (
     Reply,
     TLSSettings,
     TokenSource,
+    Unsupported,
+    gc_paused,
     parse_address,
 )
 from .convert import HealthPolicy
@@ -197,6 +205,8 @@ class _Backoff:
 
 CATALOG = "/v1/catalog/services"
 HEALTH_STATE = "/v1/health/state/any"
+NODES = "/v1/catalog/nodes"
+NODE_SERVICES = "/v1/catalog/node-services/"
 
 
 class ConsulSource:
@@ -263,8 +273,15 @@ class ConsulSource:
         self._health_params = {"filter": f'ServiceID == "" or (Status != "passing"{tagged})'}
         # Every check of a tagged service: which instances (with checks) exist.
         self._members_params = {"filter": f'ServiceID != ""{tagged}'}
-        #: Reads in flight at most: the budget less the two long-polls.
-        self.read_slots = config.max_connections - 2
+        #: The tagged instances of a node, for the in-place scan.
+        self._node_services_params: dict[str, str] = (
+            {"filter": f"{parse.bexpr_string(config.tag)} in Tags"} if config.tag else {}
+        )
+        #: A third long-poll on catalog/nodes when the budget leaves room for
+        #: it and a reader (with 3, node address changes wait for a resync).
+        self.nodes_watch = config.max_connections >= 4
+        #: Readers: the budget less the long-polls.
+        self.read_slots = config.max_connections - (3 if self.nodes_watch else 2)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -282,6 +299,16 @@ class ConsulSource:
         self._read_waiters: dict[str, list[anyio.Event]] = {}
         #: Consul name -> (node, service ID) of its instances that have checks.
         self._members: dict[str, frozenset[tuple[str, str]]] = {}
+        #: Consul name -> (node, service ID) of every instance its last read gave.
+        self._read_members: dict[str, frozenset[tuple[str, str]]] = {}
+        #: Consul name -> the index its last read returned.
+        self._read_index: dict[str, int] = {}
+        #: The last in-place scan's tagged instances (see :meth:`_instance_changes`).
+        self._scan: parse.Instances | None = None
+        #: False once the agent answered 404/405 to catalog/node-services.
+        self._scan_supported = True
+        #: Node -> address, from the nodes watch.
+        self._node_addresses: dict[str, str] | None = None
         self._watch_generation = self.tokens.generation
         self._empty: str | None = None
         self._sweep_pending: set[str] = set()
@@ -299,6 +326,7 @@ class ConsulSource:
         self._tg: anyio.abc.TaskGroup | None = None
         self.sweeps = 0
         self.reads = 0
+        self.scans = 0
 
     def _new_state(self) -> CatalogState:
         return CatalogState(
@@ -324,6 +352,8 @@ class ConsulSource:
                 self._tg = tg
                 tg.start_soon(self._catalog_loop, name=f"{self.name}:catalog")
                 tg.start_soon(self._health_loop, name=f"{self.name}:health")
+                if self.nodes_watch:
+                    tg.start_soon(self._nodes_loop, name=f"{self.name}:nodes")
                 background = max(1, min(self.sweep_concurrency, self.read_slots // 2))
                 for slot in range(self.read_slots):
                     tg.start_soon(self._reader, slot < background, name=f"{self.name}:reader")
@@ -460,6 +490,8 @@ class ConsulSource:
         diff = self.state.set_catalog(catalog)
         for name in diff.removed:
             self._members.pop(name, None)
+            self._read_members.pop(name, None)
+            self._read_index.pop(name, None)
             self._failed.pop(name, None)
             self._unconfirmed.discard(name)
             self._sweep_pending.discard(name)
@@ -476,14 +508,27 @@ class ConsulSource:
         """The catalog index moved but no name or tag changed: an instance
         came or went, or was re-registered in place (address, port, meta).
 
-        First, a read that a watch triggered may already have returned that
-        very index (the service that changed).  Then one read of every
-        tagged check shows instances with checks that came or went.  What
-        is still unexplained is found by a sweep.
+        A scan of every node's tagged instances names the services whose
+        instances moved (:meth:`_instance_changes`); they are read, and the
+        move is explained.  Without the scan (agent too old, or it failed):
+        a read that a watch triggered may already have returned that very
+        index; then one read of every tagged check shows instances with
+        checks that came or went; what is still unexplained is found by a
+        sweep.
         """
         while True:
             await self._explain_event.wait()
             self._explain_event = anyio.Event()
+            if not self._unexplained:
+                continue
+            target = max(self._unexplained)
+            changed = await self._instance_changes(target)
+            if changed is not None:
+                self._unexplained = {i for i in self._unexplained if i > target}
+                if changed:
+                    log.debug("catalog index %s: reading %d services", target, len(changed))
+                    self.queue.push(sorted(changed), urgent=True)
+                continue
             # The membership read takes a while at scale: by the time it is
             # back, reads the health watch triggered are back too.
             names = await self._membership_changes()
@@ -502,6 +547,82 @@ class ConsulSource:
                 len(self.state.tagged),
             )
             self._sweep(self.state.tagged, urgent=False)
+
+    async def _instance_changes(self, target: int) -> set[str] | None:
+        """Tagged names whose instances moved, from a scan of every node's
+        tagged instances (``catalog/node-services``, Consul >= 1.7);
+        ``None`` when the scan is unavailable or did not reach ``target``.
+
+        A name is read when one of its instances has a ``ModifyIndex``
+        above the index its last read returned (changed or new since), when
+        an instance its last read gave is gone (deregistered, or lost the
+        tag), or when its instances differ from the previous scan's.
+        """
+        if not self._scan_supported:
+            return None
+        instances: parse.Instances = {}
+        indexes: list[int] = []
+        failures: list[Exception] = []
+        try:
+            reply = await self.api.get(NODES)
+            nodes = parse.catalog_nodes(reply.body)
+        except (ConsulError, parse.Malformed) as exc:
+            failures.append(exc)
+            nodes = {}
+        limiter = anyio.CapacityLimiter(max(1, min(self.sweep_concurrency, self.read_slots)))
+
+        async def one(node: str) -> None:
+            async with limiter:
+                if failures:
+                    return
+                try:
+                    reply = await self.api.get(
+                        NODE_SERVICES + quote(node, safe=""), self._node_services_params
+                    )
+                    with gc_paused():  # 30,000 instances at 10,000 services
+                        parse.node_services(node, reply.body, instances)
+                except (ConsulError, parse.Malformed) as exc:
+                    failures.append(exc)
+                    return
+                indexes.append(reply.index or 0)
+
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                tg.start_soon(one, node)
+        if failures:
+            error = failures[0]
+            if isinstance(error, Unsupported):
+                self._scan_supported = False
+                log.info(
+                    "source %s: the agent does not serve catalog/node-services (Consul < 1.7?): "
+                    "in-place changes are found by sweeps (%s)",
+                    self.name,
+                    error,
+                    extra={"source": self.name},
+                )
+            else:
+                self._count_error()
+                log.debug("instance scan failed: %s", error)
+            return None
+        if not nodes or min(indexes, default=0) < target:
+            return None  # no node visible (ACL), or an agent behind the catalog watch
+        self.scans += 1
+        previous, self._scan = self._scan, instances
+        return {
+            name
+            for name in self.state.tagged
+            if self._moved(name, instances.get(name, {}), previous)
+        }
+
+    def _moved(
+        self, name: str, now: dict[tuple[str, str], int], previous: parse.Instances | None
+    ) -> bool:
+        read = self._read_index.get(name)
+        if read is not None and any(index > read for index in now.values()):
+            return True  # re-registered, or new, since its last read
+        if not self._read_members.get(name, frozenset()) <= now.keys():
+            return True  # an instance it had is gone, or lost the tag
+        return previous is not None and previous.get(name, {}) != now
 
     async def _membership_changes(self) -> set[str] | None:
         """Names whose instances with checks differ from what we read last."""
@@ -600,6 +721,46 @@ class ConsulSource:
                 await anyio.sleep(1.0)
             index = _next_index(index, new_index)
 
+    async def _nodes_loop(self) -> None:
+        """A node re-registered with a new address moves only the nodes
+        table: re-read the services with an instance there that used the
+        node's address (no address of their own)."""
+        index = 0
+        backoff = _Backoff(self.retry_base, self.config.retry_max)
+        while True:
+            try:
+                reply = await self._watch_get(NODES, {}, index)
+                if reply is None:
+                    index = 0
+                    continue
+                nodes = parse.catalog_nodes(reply.body)
+            except (ConsulError, parse.Malformed) as exc:
+                self._watch_failed("nodes", exc)
+                index = 0
+                await anyio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            new_index = reply.index or 0
+            self._watch_ok("nodes")
+            old = self._node_addresses
+            if old is not None:
+                names: set[str] = set()
+                for node, address in nodes.items():
+                    before = old.get(node)
+                    if before is None or before == address:
+                        continue
+                    for name in self.state.by_node.get(node, ()):
+                        entries = self.state.entries.get(name, ())
+                        if any(e.node == node and e.address == before for e in entries):
+                            names.add(name)
+                if names:
+                    log.debug("node addresses changed: reading %d services", len(names))
+                    self.queue.push(sorted(names), urgent=True)
+            self._node_addresses = nodes
+            if new_index <= 0:
+                await anyio.sleep(1.0)
+            index = _next_index(index, new_index)
+
     # --- reads --------------------------------------------------------------------
 
     def _service_path(self, name: str) -> str:
@@ -628,6 +789,8 @@ class ConsulSource:
         self._read_backoff.reset()
         if reply.index:
             self._read_indexes.append(reply.index)
+            self._read_index[name] = reply.index
+        self._read_members[name] = frozenset((e.node, e.id) for e in parsed.entries)
         self._report_problems(parsed.problems)
         self._members[name] = frozenset((e.node, e.id) for e in parsed.entries if e.service_checks)
         if not parsed.raw_count and not self.config.filter and name in self.state.tagged:
@@ -738,7 +901,9 @@ class ConsulSource:
 
     def _watch_failed(self, which: str, exc: Exception) -> None:
         self._count_error()
-        what = "catalog/services" if which == "catalog" else "health/state/any"
+        what = {"catalog": "catalog/services", "nodes": "catalog/nodes"}.get(
+            which, "health/state/any"
+        )
         message = self._describe_error(what, exc)
         if self._errors.get(which) != message:
             log.error(

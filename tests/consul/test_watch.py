@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
 
@@ -59,11 +60,11 @@ async def test_new_instance_with_and_without_checks(consul: ConsulDouble) -> Non
                         status="passing")  # fmt: skip
         await seen.until(lambda s: len(seen.endpoints("web")) == 3, LATENCY, "web-3")
         # An instance without checks changes neither the catalog body nor any
-        # check: only the catalog index moves, and a sweep finds it.
+        # check: only the catalog index moves, and the instance scan finds it.
         sweeps = source.sweeps
         consul.register("plain", service_id="plain-2", address="10.1.0.41", port=9000, tags=TAG)
         await seen.until(lambda s: len(seen.endpoints("plain")) == 2, LATENCY, "plain-2")
-        assert source.sweeps > sweeps
+        assert source.sweeps == sweeps
 
 
 async def test_deregistration_of_an_instance_and_of_a_service(consul: ConsulDouble) -> None:
@@ -297,3 +298,116 @@ async def test_snapshot_and_resync(consul: ConsulDouble) -> None:
         await source.resync()
         assert source.reads >= reads + 3
         assert seen.last.complete
+
+
+# --- in-place changes: found by the instance scan, never by a sweep ---------------
+
+
+def service_reads(consul: ConsulDouble) -> int:
+    return consul.request_count("/v1/health/service/")
+
+
+async def test_in_place_address_port_and_meta_change_without_a_sweep(
+    consul: ConsulDouble,
+) -> None:
+    source = make_source(consul.url)
+    async with running(source) as seen:
+        sweeps, scans, reads = source.sweeps, source.scans, service_reads(consul)
+        consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "addr")
+        consul.register("db", service_id="db-1", address="10.1.0.20", port=5433, tags=TAG,
+                        status="passing")  # fmt: skip
+        await seen.until(lambda s: s_port(s, "db").port == 5433, LATENCY, "port")
+        consul.register("db", service_id="db-1", address="10.1.0.20", port=5433, tags=TAG,
+                        status="passing", meta={"k8s-port-name": "pg"})  # fmt: skip
+        await seen.until(lambda s: s_port(s, "db").name == "pg", LATENCY, "meta")
+        assert source.sweeps == sweeps
+        assert source.scans >= scans + 3
+        # only the services that changed were read (not every tagged one each time)
+        assert service_reads(consul) - reads <= 4
+
+
+async def test_unchecked_instance_appearing_and_vanishing_without_a_sweep(
+    consul: ConsulDouble,
+) -> None:
+    source = make_source(consul.url)
+    async with running(source) as seen:
+        sweeps, reads = source.sweeps, service_reads(consul)
+        consul.register("plain", service_id="plain-2", address="10.1.0.41", port=9000, tags=TAG)
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, LATENCY, "plain-2 came")
+        consul.deregister("plain-2")
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 1, LATENCY, "plain-2 went")
+        # an instance (of two) that loses the tag in place
+        consul.register("plain", service_id="plain-3", address="10.1.0.42", port=9000, tags=TAG)
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, LATENCY, "plain-3 came")
+        consul.register("plain", service_id="plain-3", address="10.1.0.42", port=9000)
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 1, LATENCY, "plain-3 untagged")
+        assert source.sweeps == sweeps
+        assert service_reads(consul) - reads <= 6
+
+
+async def test_untagged_change_in_place_reads_nothing(consul: ConsulDouble) -> None:
+    source = make_source(consul.url)
+    async with running(source) as seen:
+        sweeps, scans, reads = source.sweeps, source.scans, service_reads(consul)
+        consul.register("cache", service_id="cache-1", address="10.1.0.31", port=6379,
+                        status="passing")  # fmt: skip
+        with anyio.fail_after(3):
+            while source.scans == scans:
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.1)
+        assert source.sweeps == sweeps
+        assert service_reads(consul) == reads
+        assert seen.last.complete
+
+
+async def test_node_address_change_without_a_sweep(consul: ConsulDouble) -> None:
+    consul.add_node("node-b", "10.2.0.1")
+    consul.register("web", service_id="web-b", address="", port=8080, tags=TAG, status="passing",
+                    node="node-b")  # fmt: skip
+    consul.register("db", service_id="db-b", address="10.2.0.20", port=5432, tags=TAG,
+                    node="node-b")  # fmt: skip
+    source = make_source(consul.url)
+    async with running(source) as seen:
+        assert "10.2.0.1" in ready(seen.endpoints("web"))
+        sweeps, reads = source.sweeps, consul.request_count("/v1/health/service/db")
+        catalog_index = consul.catalog_index
+        consul.add_node("node-b", "10.2.0.2")  # re-registered with a new address
+        assert consul.catalog_index == catalog_index  # only the nodes table moved
+        await seen.until(
+            lambda s: ready(seen.endpoints("web")) == {"10.1.0.11": True, "10.1.0.12": True,
+                                                      "10.2.0.2": True},
+            LATENCY,
+            "web-b at the node's new address",
+        )  # fmt: skip
+        assert source.sweeps == sweeps
+        # db-b has an address of its own: not read again
+        assert consul.request_count("/v1/health/service/db") == reads
+
+
+async def test_without_node_services_in_place_changes_fall_back_to_a_sweep(
+    consul: ConsulDouble,
+) -> None:
+    consul.inject_fault("error", times=None, path_prefix="/v1/catalog/node-services/",
+                        status=404)  # fmt: skip
+    source = make_source(consul.url)
+    async with running(source) as seen:
+        sweeps = source.sweeps
+        consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "addr")
+        assert source.sweeps > sweeps
+        assert source.scans == 0
+
+
+async def test_a_budget_of_three_has_no_nodes_watch(consul: ConsulDouble) -> None:
+    source = make_source(consul.url, max_connections=3)
+    assert not source.nodes_watch and source.read_slots == 1
+    async with running(source) as seen:
+        consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "addr")
+    assert consul.request_count("/v1/catalog/nodes") >= 1  # the scan's, never blocking
+    assert all("index" not in r.query for r in consul.requests if r.path == "/v1/catalog/nodes")
+    assert consul.peak_connections <= 3

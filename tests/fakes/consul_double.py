@@ -12,7 +12,9 @@ disagree, the recording is right):
   service / node maintenance checks, with Consul's raft indexes: one global raft index, the
   services-table index (``catalog/services``), the checks-table index (``health/state``) and a
   per-service index (``health/service/<name>``) that also moves with node-level checks.
-* Reads: ``GET /v1/catalog/services``, ``/v1/catalog/datacenters``, ``/v1/health/service/<name>``,
+* Reads: ``GET /v1/catalog/services``, ``/v1/catalog/nodes``, ``/v1/catalog/node-services/<node>``
+  (not recorded: modelled on Consul 1.10's documented shapes, its index being the catalog's, max
+  of the nodes and services tables), ``/v1/catalog/datacenters``, ``/v1/health/service/<name>``,
   ``/v1/health/state/<any|passing|warning|critical>``, ``/v1/status/leader``, ``/v1/status/peers``,
   ``/v1/agent/self`` (trimmed), with the recorded headers (``X-Consul-Index``, ``-Knownleader``,
   ``-Lastcontact``, ``-Effective-Consistency``, ``-Query-Backend``, ``X-Cache``/``Age``, and
@@ -190,6 +192,27 @@ CHECK_FILTER_FIELDS: Final = frozenset(
         "Timeout",
         "ExposedPort",
         "Definition",
+    }
+)
+# Fields of a Node (catalog/nodes entries).
+NODE_FILTER_FIELDS: Final = frozenset(
+    {"ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta"}
+)
+# Fields of a NodeService (catalog/node-services entries).
+NODE_SERVICE_FILTER_FIELDS: Final = frozenset(
+    {
+        "Kind",
+        "ID",
+        "Service",
+        "Tags",
+        "Address",
+        "TaggedAddresses",
+        "Meta",
+        "Port",
+        "Weights",
+        "EnableTagOverride",
+        "Proxy",
+        "Connect",
     }
 )
 # Top-level fields of a CheckServiceNode (health/service entries).
@@ -1476,6 +1499,10 @@ class ConsulDouble:
         self._services_idx = 11
         self._checks_idx = 11
         self._nodes_idx = 13
+        #: id(_Service) -> (its JSON, that JSON encoded, filter -> matches) for node-services.
+        self._node_service_cache: dict[int, tuple[JSONDict, bytes, dict[str, bool]]] = {}
+        #: id(check JSON) -> (that JSON, filter -> matches) for health/state.
+        self._check_filter_cache: dict[int, tuple[JSONDict, dict[str, bool]]] = {}
         self._acl_idx = 0
         self._extinction = 0
         self._svc_idx: dict[str, int] = {}
@@ -1999,6 +2026,7 @@ class ConsulDouble:
         self._node_names.setdefault(node.name.lower(), collections.Counter())[lname] += 1
 
     def _remove_instance(self, svc: _Service, node: _Node, index: int) -> None:
+        self._node_service_cache.pop(id(svc), None)
         node.services.pop(svc.id, None)
         for check_id in svc.checks:
             node.check_owners.pop(check_id, None)
@@ -2026,6 +2054,11 @@ class ConsulDouble:
     def _touch_services_table(self, index: int) -> None:
         self._services_idx = index
         self._dirty.add("services")
+
+    def _touch_nodes_table(self, index: int) -> None:
+        self._nodes_idx = index
+        # ``catalog/node-services`` blocks on the services key with max(nodes, services).
+        self._dirty.update(("nodes", "services"))
 
     def _touch_checks_table(self, index: int) -> None:
         self._checks_idx = index
@@ -2466,7 +2499,7 @@ class ConsulDouble:
                     existing.meta = dict(meta)
                 existing.modify_index = idx
                 existing.invalidate()
-                self._nodes_idx = idx
+                self._touch_nodes_table(idx)
                 self._touch_node_level(existing, idx)
             else:
                 node = _Node(
@@ -2479,7 +2512,7 @@ class ConsulDouble:
                 node.set_node_check(self._serf_check(name, idx))
                 self._nodes[key] = node
                 self._node_names.setdefault(key, collections.Counter())
-                self._nodes_idx = idx
+                self._touch_nodes_table(idx)
                 self._touch_checks_table(idx)
             self._flush()
 
@@ -2494,7 +2527,7 @@ class ConsulDouble:
                 self._remove_instance(svc, node, idx)
             del self._nodes[node.name.lower()]
             self._node_names.pop(node.name.lower(), None)
-            self._nodes_idx = idx
+            self._touch_nodes_table(idx)
             self._touch_services_table(idx)
             self._touch_checks_table(idx)
             self._flush()
@@ -2864,6 +2897,10 @@ class ConsulDouble:
         path = req.path
         if path == "/v1/catalog/services":
             return self._h_catalog_services(req)
+        if path == "/v1/catalog/nodes":
+            return self._h_catalog_nodes(req)
+        if path.startswith("/v1/catalog/node-services/"):
+            return self._h_node_services(req, path[len("/v1/catalog/node-services/") :])
         if path.startswith("/v1/health/service/"):
             return self._h_health_service(req, path[len("/v1/health/service/") :])
         if path.startswith("/v1/health/state/"):
@@ -2929,6 +2966,110 @@ class ConsulDouble:
                 if authz.allowed("service", name, "read")
             }
         return self._json(req, body, self._read_headers(index, opts, streaming=False) + extra)
+
+    def _h_catalog_nodes(self, req: _Request) -> _Response:
+        """``GET /v1/catalog/nodes``: every node (``node:read``), sorted by name; blocks on the
+        nodes-table index."""
+        self._require_method(req, "GET")
+        opts = self._parse_opts(req)
+        predicate: Predicate | None = None
+        if opts.filter:
+            try:
+                predicate = compile_filter(opts.filter, NODE_FILTER_FIELDS)
+            except FilterError as exc:
+                raise _HTTPError(500, str(exc), meta=True) from exc
+        with self._lock:
+            self._check_dc(opts, meta=True)
+            authz = self._resolve_authz(opts.token, meta=True)
+            generation = self._generation
+            index = self._block(
+                req,
+                "nodes",
+                lambda: self._nodes_idx,
+                opts,
+                streaming=False,
+                generation=generation,
+            )
+            nodes = [
+                self._nodes[key].to_json(self.datacenter)
+                for key in sorted(self._nodes)
+                if authz.allow_all or authz.allowed("node", self._nodes[key].name, "read")
+            ]
+        if predicate is not None:
+            nodes = [n for n in nodes if predicate(n)]
+        return self._json(req, nodes, self._read_headers(index, opts, streaming=False))
+
+    def _node_services_index(self) -> int:
+        return max(self._nodes_idx, self._services_idx)
+
+    def _h_node_services(self, req: _Request, name: str) -> _Response:
+        """``GET /v1/catalog/node-services/<node>`` (Consul >= 1.7):
+        ``{"Node": {...}, "Services": [...]}``, services sorted by ID; an unknown node (or one
+        the token may not read) gives ``{"Node": null, "Services": []}``. The index is the
+        catalog's (max of the nodes and services tables), so any registration anywhere wakes
+        a blocking read."""
+        self._require_method(req, "GET")
+        opts = self._parse_opts(req)
+        if not name:
+            raise _HTTPError(400, "Missing node name")
+        predicate: Predicate | None = None
+        if opts.filter:
+            try:
+                predicate = compile_filter(opts.filter, NODE_SERVICE_FILTER_FIELDS)
+            except FilterError as exc:
+                raise _HTTPError(500, str(exc), meta=True) from exc
+        with self._lock:
+            self._check_dc(opts, meta=True)
+            authz = self._resolve_authz(opts.token, meta=True)
+            generation = self._generation
+            index = self._block(
+                req,
+                "services",
+                self._node_services_index,
+                opts,
+                streaming=False,
+                generation=generation,
+            )
+            node = self._nodes.get(name.lower())
+            if node is not None and not (
+                authz.allow_all or authz.allowed("node", node.name, "read")
+            ):
+                node = None
+            node_json: JSONDict | None = None
+            services: list[_Service] = []
+            if node is not None:
+                node_json = node.to_json(self.datacenter)
+                services = [
+                    svc
+                    for svc in sorted(node.services.values(), key=lambda s: s.id.lower())
+                    if authz.allow_all or authz.allowed("service", svc.name, "read")
+                ]
+            headers = self._base_headers() + self._read_headers(index, opts, streaming=False)
+            headers.append(("Content-Type", "application/json"))
+            if self.pretty or req.pretty:
+                shown = [s.to_json() for s in services]
+                if predicate is not None:
+                    shown = [s for s in shown if predicate(s)]
+                body = {"Node": node_json, "Services": shown}
+                return _Response(200, headers, go_json(body, pretty=True))
+            # At 10,000 services on one node the answer is ~12 MB: each service's encoding
+            # (and whether it passes the filter) is kept until that service changes.
+            parts: list[bytes] = []
+            for svc in services:
+                data = svc.to_json()
+                cached = self._node_service_cache.get(id(svc))
+                if cached is None or cached[0] is not data:
+                    cached = (data, go_json(data), {})
+                    self._node_service_cache[id(svc)] = cached
+                if predicate is not None:
+                    keep = cached[2].get(opts.filter)
+                    if keep is None:
+                        keep = cached[2][opts.filter] = predicate(data)
+                    if not keep:
+                        continue
+                parts.append(cached[1])
+        encoded = b'{"Node":' + go_json(node_json) + b',"Services":[' + b",".join(parts) + b"]}"
+        return _Response(200, headers, encoded)
 
     def _catalog_base(self) -> dict[str, list[str]]:
         cached = self._catalog_cache
@@ -3050,6 +3191,19 @@ class ConsulDouble:
         self._checks_cache = (self._checks_idx, result)
         return result
 
+    def _check_matches(self, expr: str, predicate: Predicate, check: JSONDict) -> bool:
+        """``predicate(check)``, remembered while the check's JSON is unchanged (at 10,000
+        services, filtering 30,000 checks after every change is the double's main cost)."""
+        cached = self._check_filter_cache.get(id(check))
+        if cached is None or cached[0] is not check:
+            if len(self._check_filter_cache) > 200_000:
+                self._check_filter_cache.clear()
+            cached = self._check_filter_cache[id(check)] = (check, {})
+        keep = cached[1].get(expr)
+        if keep is None:
+            keep = cached[1][expr] = predicate(check)
+        return keep
+
     def _h_health_state(self, req: _Request, state: str) -> _Response:
         self._require_method(req, "GET")
         opts = self._parse_opts(req)
@@ -3082,7 +3236,9 @@ class ConsulDouble:
                 if state != "any":
                     result = [c for c in result if c["Status"] == state]
                 if predicate is not None:
-                    result = [c for c in result if predicate(c)]
+                    result = [
+                        c for c in result if self._check_matches(opts.filter or "", predicate, c)
+                    ]
                 if not authz.allow_all:
                     result = [
                         c

@@ -731,6 +731,109 @@ def test_catalog_index_moves_only_with_registrations(consul: ConsulDouble) -> No
     assert consul.catalog_index > before
 
 
+def test_catalog_nodes(consul: ConsulDouble) -> None:
+    resp = call(consul, "GET", "/v1/catalog/nodes")
+    assert resp.status == 200
+    (node,) = resp.json()
+    health = call(consul, "GET", "/v1/health/service/consul").json()
+    assert node == health[0]["Node"]  # the Node fields as health/service gives them
+    assert node["Node"] == "dev-plain" and node["Address"] == "127.0.0.1"
+    index = resp.index
+    consul.add_node("b-node", "10.0.0.2")
+    consul.add_node("a-node", "10.0.0.3")
+    nodes = call(consul, "GET", "/v1/catalog/nodes").json()
+    assert [n["Node"] for n in nodes] == ["a-node", "b-node", "dev-plain"]
+    assert call(consul, "GET", "/v1/catalog/nodes").index > index
+    only = call(consul, "GET", "/v1/catalog/nodes", {"filter": 'Address == "10.0.0.2"'}).json()
+    assert [n["Node"] for n in only] == ["b-node"]
+    assert call(consul, "PUT", "/v1/catalog/nodes").status == 405
+
+
+def test_catalog_nodes_blocks_on_the_nodes_table(consul: ConsulDouble) -> None:
+    consul.add_node("b-node", "10.0.0.2")
+    index = call(consul, "GET", "/v1/catalog/nodes").index
+    future = background(
+        lambda: call(consul, "GET", "/v1/catalog/nodes", {"index": str(index), "wait": "4s"})
+    )
+    assert consul.wait_for_blocked(1, path_prefix="/v1/catalog/nodes")
+    consul.register("web", service_id="web-1", port=80, status="passing")  # services, checks
+    consul.set_check("service:web-1", "critical")
+    time.sleep(0.05)
+    assert not future.done()
+    catalog_index = consul.catalog_index
+    consul.add_node("b-node", "10.0.0.9")  # re-registered with a new address
+    resp = future.result()
+    assert resp.index > index and resp.elapsed < 4 * SCALE
+    assert {n["Node"]: n["Address"] for n in resp.json()}["b-node"] == "10.0.0.9"
+    assert consul.catalog_index == catalog_index  # catalog/services did not move
+
+
+def test_node_services(consul: ConsulDouble) -> None:
+    consul.add_node("b-node", "10.0.0.2")
+    consul.register("web", service_id="web-2", address="10.1.0.2", port=80, tags=["a"],
+                    meta={"k": "v"}, status="passing", node="b-node")  # fmt: skip
+    consul.register("db", service_id="db-1", port=5432, node="b-node")
+    consul.register("web", service_id="web-1", address="10.1.0.1", port=80, tags=["a"])
+    resp = call(consul, "GET", "/v1/catalog/node-services/b-node")
+    assert resp.status == 200
+    assert resp.index == consul.catalog_index
+    body = resp.json()
+    assert body["Node"] == call(consul, "GET", "/v1/catalog/nodes").json()[0]
+    assert [s["ID"] for s in body["Services"]] == ["db-1", "web-2"]
+    web = call(consul, "GET", "/v1/health/service/web").json()
+    by_id = {e["Service"]["ID"]: e["Service"] for e in web}
+    assert body["Services"][1] == by_id["web-2"]  # the Service fields as health/service has them
+    assert set(body["Services"][1]) >= {
+        "ID", "Service", "Tags", "Address", "Meta", "Port", "CreateIndex", "ModifyIndex"
+    }  # fmt: skip
+    # case-insensitive node name, as Consul's memdb index
+    assert call(consul, "GET", "/v1/catalog/node-services/B-NODE").json() == body
+    # an unknown node: 200 with no node and no services
+    unknown = call(consul, "GET", "/v1/catalog/node-services/nope")
+    assert (unknown.status, unknown.json()) == (200, {"Node": None, "Services": []})
+    filtered = call(
+        consul, "GET", "/v1/catalog/node-services/b-node", {"filter": '"a" in Tags'}
+    ).json()
+    assert [s["ID"] for s in filtered["Services"]] == ["web-2"]
+    bad = call(consul, "GET", "/v1/catalog/node-services/b-node", {"filter": "Nope == 1"})
+    assert bad.status == 500
+    pretty = call(consul, "GET", "/v1/catalog/node-services/b-node", {"pretty": ""})
+    assert pretty.json() == body and b"\n    " in pretty.body
+
+
+def test_node_services_modify_index_and_blocking(consul: ConsulDouble) -> None:
+    consul.register("web", service_id="web-1", address="10.1.0.1", port=80, status="passing")
+    consul.register("db", service_id="db-1", address="10.1.0.2", port=5432)
+
+    def services() -> dict[str, int]:
+        body = call(consul, "GET", "/v1/catalog/node-services/dev-plain").json()
+        return {s["ID"]: s["ModifyIndex"] for s in body["Services"]}
+
+    before = services()
+    index = call(consul, "GET", "/v1/catalog/node-services/dev-plain").index
+    future = background(
+        lambda: call(
+            consul,
+            "GET",
+            "/v1/catalog/node-services/dev-plain",
+            {"index": str(index), "wait": "4s"},
+        )
+    )
+    assert consul.wait_for_blocked(1, path_prefix="/v1/catalog/node-services/")
+    consul.set_check("service:web-1", "critical")  # checks only: no wake-up
+    time.sleep(0.05)
+    assert not future.done()
+    # in place: a new address; the catalog body does not change, the ModifyIndex does
+    consul.register("web", service_id="web-1", address="10.1.0.9", port=80, status="passing")
+    resp = future.result()
+    assert resp.index == consul.catalog_index > index
+    after = {s["ID"]: s["ModifyIndex"] for s in resp.json()["Services"]}
+    assert after["web-1"] == consul.catalog_index > before["web-1"]
+    assert after["db-1"] == before["db-1"]
+    consul.add_node("b-node", "10.0.0.2")  # the nodes table moves the index too
+    assert call(consul, "GET", "/v1/catalog/node-services/dev-plain").index > resp.index
+
+
 def test_health_service_ordering_across_nodes(consul: ConsulDouble) -> None:
     consul.add_node("b-node", "10.0.0.2")
     consul.add_node("A-node", "10.0.0.1")
@@ -1201,6 +1304,33 @@ def test_acl_health_needs_node_read(acl_consul: ConsulDouble) -> None:
     )
     assert (resp.status, resp.json()) == (200, [])
     assert resp.index == acl_consul.service_index("web")
+
+
+def test_acl_catalog_nodes_and_node_services(acl_consul: ConsulDouble) -> None:
+    acl_consul.add_node("b-node", "10.0.0.2")
+    acl_consul.register("web", service_id="web-2", port=80, node="b-node")
+    acl_consul.create_policy(
+        "some", 'node "b-node" { policy = "read" }\nservice_prefix "we" { policy = "read" }'
+    )
+    token = acl_consul.create_token(["some"])
+    headers = {"X-Consul-Token": token}
+    nodes = call(acl_consul, "GET", "/v1/catalog/nodes", headers=headers).json()
+    assert [n["Node"] for n in nodes] == ["b-node"]
+    assert call(acl_consul, "GET", "/v1/catalog/nodes").json() == []  # anonymous: nothing
+    mine = call(acl_consul, "GET", "/v1/catalog/node-services/b-node", headers=headers).json()
+    assert mine["Node"]["Node"] == "b-node" and [s["ID"] for s in mine["Services"]] == ["web-2"]
+    # no node:read on dev-plain: as if the node did not exist
+    other = call(acl_consul, "GET", "/v1/catalog/node-services/dev-plain", headers=headers)
+    assert (other.status, other.json()) == (200, {"Node": None, "Services": []})
+    # service:read filters the services
+    acl_consul.create_policy("nodes-only", 'node_prefix "" { policy = "read" }')
+    nodes_only = acl_consul.create_token(["nodes-only"])
+    body = call(
+        acl_consul, "GET", "/v1/catalog/node-services/dev-plain", query={"token": nodes_only}
+    ).json()
+    assert body["Node"]["Node"] == "dev-plain" and body["Services"] == []
+    bad = call(acl_consul, "GET", "/v1/catalog/nodes", headers={"X-Consul-Token": "nope"})
+    assert bad.status == 403
 
 
 def test_acl_writes(acl_consul: ConsulDouble) -> None:
