@@ -37,8 +37,8 @@ import collections
 import enum
 import logging
 import random
-from collections.abc import Iterable
-from typing import ClassVar
+from collections.abc import Callable, Iterable
+from typing import ClassVar, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -62,6 +62,8 @@ from .api import (
 )
 from .convert import HealthPolicy
 from .state import CatalogState
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("consul_sync.consul")
 
@@ -309,6 +311,8 @@ class ConsulSource:
         self._scan_supported = True
         #: Node -> address, from the nodes watch.
         self._node_addresses: dict[str, str] | None = None
+        #: The health watch's last answer (None: not watching successfully).
+        self._checks: parse.Checks | None = None
         self._watch_generation = self.tokens.generation
         self._empty: str | None = None
         self._sweep_pending: set[str] = set()
@@ -428,36 +432,58 @@ class ConsulSource:
 
     # --- watches ------------------------------------------------------------------
 
-    async def _catalog_loop(self) -> None:
+    async def _long_poll(
+        self,
+        which: str,
+        path: str,
+        params: dict[str, str],
+        parse_body: Callable[[object], _T],
+        handle: Callable[[_T, int, int], None],
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        """One blocking-query watch, with Consul's index rules in one place.
+
+        ``handle(value, old_index, new_index)`` gets each parsed answer; a
+        failed read or a malformed answer calls ``on_error`` and backs off,
+        and the next read starts again from index 0 (a plain read).  The
+        index is never sent back as 0, and goes back to 0 when it decreases.
+        """
         index = 0
         backoff = _Backoff(self.retry_base, self.config.retry_max)
         while True:
             try:
-                reply = await self._watch_get(CATALOG, {}, index)
+                reply = await self._watch_get(path, params, index)
                 if reply is None:  # restarted: the token changed
                     index = 0
                     continue
-                catalog = parse.catalog_services(reply.body)
+                value = parse_body(reply.body)
             except (ConsulError, parse.Malformed) as exc:
-                self._watch_failed("catalog", exc)
-                if not self._loaded.is_set():
-                    self._loaded.set()
+                self._watch_failed(which, exc)
+                on_error()
                 index = 0
                 await anyio.sleep(backoff.next())
                 continue
             backoff.reset()
             new_index = reply.index or 0
-            token_changed = self.tokens.generation != self._catalog_generation
-            recovered = "catalog" in self._errors
-            full = self.state.catalog is None or recovered or token_changed
-            self._watch_ok("catalog")
-            if full or new_index != index or self._empty:
-                self._catalog_generation = self.tokens.generation
-                self._take_catalog(catalog, index, new_index, full=full)
+            handle(value, index, new_index)
+            self._watch_ok(which)
             if new_index <= 0:
                 # Consul never sends 0; do not spin on an agent that does.
                 await anyio.sleep(1.0)
             index = _next_index(index, new_index)
+
+    async def _catalog_loop(self) -> None:
+        await self._long_poll(
+            "catalog", CATALOG, {}, parse.catalog_services, self._on_catalog, self._loaded.set
+        )
+
+    def _on_catalog(self, catalog: dict[str, tuple[str, ...]], index: int, new_index: int) -> None:
+        token_changed = self.tokens.generation != self._catalog_generation
+        recovered = "catalog" in self._errors
+        full = self.state.catalog is None or recovered or token_changed
+        if full or new_index != index or self._empty:
+            self._catalog_generation = self.tokens.generation
+            self._take_catalog(catalog, index, new_index, full=full)
 
     def _take_catalog(
         self, catalog: dict[str, tuple[str, ...]], old: int, new: int, *, full: bool
@@ -682,84 +708,59 @@ class ConsulSource:
         self.queue.push(sorted(names), urgent=urgent)
 
     async def _health_loop(self) -> None:
-        index = 0
-        backoff = _Backoff(self.retry_base, self.config.retry_max)
-        checks: parse.Checks | None = None
-        while True:
-            try:
-                reply = await self._watch_get(HEALTH_STATE, self._health_params, index)
-                if reply is None:
-                    index = 0
-                    continue
-                new_checks = parse.health_state(reply.body)
-            except (ConsulError, parse.Malformed) as exc:
-                self._watch_failed("health", exc)
-                if checks is not None:
-                    # Without the watch, each read's own node checks are the freshest.
-                    checks = None
-                    self.state.set_node_checks(None, None)
-                    self._notify()
-                index = 0
-                await anyio.sleep(backoff.next())
-                continue
-            backoff.reset()
-            new_index = reply.index or 0
-            self._watch_ok("health")
-            if checks is None or new_index != index:
-                table = parse.node_checks(new_checks)
-                if checks is None:
-                    self.state.set_node_checks(table, None)
-                else:
-                    diff = parse.diff_checks(checks, new_checks)
-                    self.state.set_node_checks(table, diff.nodes)
-                    self.queue.push(
-                        sorted(n for n in diff.services if n in self.state.tagged), urgent=True
-                    )
-                checks = new_checks
-                self._notify()
-            if new_index <= 0:
-                await anyio.sleep(1.0)
-            index = _next_index(index, new_index)
+        await self._long_poll(
+            "health",
+            HEALTH_STATE,
+            self._health_params,
+            parse.health_state,
+            self._on_checks,
+            self._on_health_error,
+        )
+
+    def _on_health_error(self) -> None:
+        if self._checks is not None:
+            # Without the watch, each read's own node checks are the freshest.
+            self._checks = None
+            self.state.set_node_checks(None, None)
+            self._notify()
+
+    def _on_checks(self, new_checks: parse.Checks, index: int, new_index: int) -> None:
+        checks = self._checks
+        if checks is None or new_index != index:
+            table = parse.node_checks(new_checks)
+            if checks is None:
+                self.state.set_node_checks(table, None)
+            else:
+                diff = parse.diff_checks(checks, new_checks)
+                self.state.set_node_checks(table, diff.nodes)
+                self.queue.push(
+                    sorted(n for n in diff.services if n in self.state.tagged), urgent=True
+                )
+            self._checks = new_checks
+            self._notify()
 
     async def _nodes_loop(self) -> None:
+        await self._long_poll("nodes", NODES, {}, parse.catalog_nodes, self._on_nodes)
+
+    def _on_nodes(self, nodes: dict[str, str], _index: int, _new_index: int) -> None:
         """A node re-registered with a new address moves only the nodes
         table: re-read the services with an instance there that used the
         node's address (no address of their own)."""
-        index = 0
-        backoff = _Backoff(self.retry_base, self.config.retry_max)
-        while True:
-            try:
-                reply = await self._watch_get(NODES, {}, index)
-                if reply is None:
-                    index = 0
+        old = self._node_addresses
+        if old is not None:
+            names: set[str] = set()
+            for node, address in nodes.items():
+                before = old.get(node)
+                if before is None or before == address:
                     continue
-                nodes = parse.catalog_nodes(reply.body)
-            except (ConsulError, parse.Malformed) as exc:
-                self._watch_failed("nodes", exc)
-                index = 0
-                await anyio.sleep(backoff.next())
-                continue
-            backoff.reset()
-            new_index = reply.index or 0
-            self._watch_ok("nodes")
-            old = self._node_addresses
-            if old is not None:
-                names: set[str] = set()
-                for node, address in nodes.items():
-                    before = old.get(node)
-                    if before is None or before == address:
-                        continue
-                    for name in self.state.by_node.get(node, ()):
-                        entries = self.state.entries.get(name, ())
-                        if any(e.node == node and e.address == before for e in entries):
-                            names.add(name)
-                if names:
-                    log.debug("node addresses changed: reading %d services", len(names))
-                    self.queue.push(sorted(names), urgent=True)
-            self._node_addresses = nodes
-            if new_index <= 0:
-                await anyio.sleep(1.0)
-            index = _next_index(index, new_index)
+                for name in self.state.by_node.get(node, ()):
+                    entries = self.state.entries.get(name, ())
+                    if any(e.node == node and e.address == before for e in entries):
+                        names.add(name)
+            if names:
+                log.debug("node addresses changed: reading %d services", len(names))
+                self.queue.push(sorted(names), urgent=True)
+        self._node_addresses = nodes
 
     # --- reads --------------------------------------------------------------------
 
