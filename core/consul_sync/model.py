@@ -57,6 +57,13 @@ class Endpoint:
     ports.  ``None`` means "the service port's own number".
 
     ``serving`` defaults to ``ready`` (as Kubernetes reads it when unset).
+
+    ``source`` names the source the endpoint came from.  Sources need not
+    set it: the planner's merge stamps every endpoint with its snapshot's
+    source, and sinks that can record it (the ``kubernetes`` and
+    ``manifests`` sinks do, per EndpointSlice) read it back, so that what a
+    source that is unreachable now contributed can be kept
+    (:func:`consul_sync.plan.plan`).
     """
 
     address: str
@@ -67,6 +74,7 @@ class Endpoint:
     hostname: str | None = None
     zone: str | None = None
     node_name: str | None = None
+    source: str | None = attrs.field(default=None, order=False)
 
 
 def _sorted_endpoints(value: Iterable[Endpoint]) -> tuple[Endpoint, ...]:

@@ -87,7 +87,7 @@ def merge(snapshots: Sequence[Snapshot], keys: Iterable[ServiceKey] | None = Non
     services: dict[ServiceKey, DesiredService] = {}
     warnings: list[str] = []
     for key in sorted(wanted):
-        parts = [s.services[key] for s in snapshots if key in s.services]
+        parts = [_stamped(s.services[key], s.source) for s in snapshots if key in s.services]
         if not parts:
             continue
         if len(parts) == 1:
@@ -97,6 +97,18 @@ def merge(snapshots: Sequence[Snapshot], keys: Iterable[ServiceKey] | None = Non
         services[key] = service
         warnings.extend(clashes)
     return Merged(services, tuple(warnings))
+
+
+def _stamped(service: DesiredService, source: str) -> DesiredService:
+    """``service`` with every endpoint attributed to ``source`` (unless a
+    source already named its own)."""
+    if all(endpoint.source is not None for endpoint in service.endpoints):
+        return service
+    endpoints = [
+        endpoint if endpoint.source is not None else attrs.evolve(endpoint, source=source)
+        for endpoint in service.endpoints
+    ]
+    return attrs.evolve(service, endpoints=endpoints)
 
 
 def _merge_one(parts: list[DesiredService]) -> tuple[DesiredService, list[str]]:
