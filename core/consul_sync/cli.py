@@ -10,7 +10,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -97,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one full reconcile, then exit 0 on success, 1 on failure",
     )
+    run.add_argument(
+        "--release-held-deletes",
+        action="store_true",
+        help="with --once: apply the deletes the prune budget holds, all of them, now",
+    )
     commands.add_parser(
         "plan",
         help="print the changes a sync would make; write nothing (exit 0: none, 2: some, 1: error)",
@@ -120,6 +127,11 @@ def main(
     env = os.environ if environ is None else environ
     out = stdout or sys.stdout
     command = args.command or "run"
+    serving = command == "run" and not getattr(args, "once", False)
+    if serving and threading.current_thread() is threading.main_thread():
+        # Until the runtime watches signals itself (serve), SIGTERM during
+        # start-up (plugins loading, configuration) ends the process cleanly.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
     logs.setup(env.get("LOG_LEVEL", "info"), env.get("LOG_FORMAT", "json"))
     try:
         pm = make_plugin_manager(plugins=plugins, environ=env)
@@ -150,9 +162,36 @@ def main(
         return anyio.run(_render, app, out)
     if command == "plan":
         return anyio.run(_plan, app, out)
+    if getattr(args, "release_held_deletes", False):
+        if not args.once:
+            print("consul-sync: --release-held-deletes goes with run --once", file=sys.stderr)
+            return EXIT_FAILED
+        app.runtime.release_held = True
     if getattr(args, "once", False):
         return anyio.run(_once, app)
-    return anyio.run(serve, app, env.get("CONSUL_SYNC_COMMIT"))
+    code: int = anyio.run(serve, app, env.get("CONSUL_SYNC_COMMIT"))
+    _leave_abandoned_calls(code)
+    return code
+
+
+def _leave_abandoned_calls(code: int) -> None:
+    """After a stop, API calls abandoned at the shutdown deadline may still
+    block worker threads (an API server that accepts but never answers):
+    the process must not wait for them, so it exits now."""
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon
+    ]
+    if lingering:
+        log.debug("exiting without waiting for %d abandoned calls", len(lingering))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    log.info("received %s during start-up; exiting", signal.Signals(signum).name)
+    raise SystemExit(EXIT_OK)
 
 
 def _plugins(pm: pluggy.PluginManager, registry: TypeRegistry, out: TextIO) -> int:
@@ -208,8 +247,10 @@ async def _plan(app: App, out: TextIO) -> int:
             )
         for key in the_plan.conflicts:
             print(f"{sink}: conflict {key[0]}/{key[1]} (exists, not ours: left alone)", file=out)
-        for key in the_plan.withheld:
-            print(f"{sink}: withheld delete {key[0]}/{key[1]}", file=out)
+        for key in the_plan.held:
+            print(f"{sink}: held delete {key[0]}/{key[1]} (prune budget)", file=out)
+        for key in sorted(set(the_plan.withheld) - set(the_plan.held)):
+            print(f"{sink}: withheld delete {key[0]}/{key[1]} (incomplete source)", file=out)
         if the_plan.guard:
             print(f"{sink}: {the_plan.guard}", file=out)
     if not changes:
@@ -233,8 +274,9 @@ async def serve(app: App, commit: str | None = None) -> int:
         print(f"consul-sync: {exc}", file=sys.stderr)
         return EXIT_FAILED
     async with anyio.create_task_group() as tg:
+        # Signals first: a SIGTERM while anything below starts must stop it.
+        await tg.start(watch_signals, app.runtime)
         await tg.start(probes.serve, app.settings.metrics_addr)
-        tg.start_soon(watch_signals, app.runtime)
         await app.runtime.run()
         tg.cancel_scope.cancel()
     log.info("stopped")

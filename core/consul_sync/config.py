@@ -235,7 +235,13 @@ class Settings:
     max_prune_fraction: float = setting(
         DEFAULT_MAX_PRUNE_FRACTION,
         env="MAX_PRUNE_FRACTION",
-        help="largest share of a sink's objects one pass may delete (more than 3)",
+        help="largest share of what a sink owned that one prune window may delete "
+        "(at least 3); deletes past it are held until the window rolls",
+    )
+    prune_window: Duration = setting(
+        Duration(600),
+        env="PRUNE_WINDOW",
+        help="the prune budget's window: it opens with a delete and lasts this long",
     )
     coalesce_window: Duration = setting(
         Duration(0.1), env="COALESCE_WINDOW", help="how long a burst of changes is gathered"

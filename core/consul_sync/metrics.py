@@ -93,7 +93,13 @@ class Metrics:
         )
         self.prune_guard_trips = Counter(
             "consul_sync_prune_guard_trips",
-            "Passes in which the prune guard refused to delete",
+            "Times the prune budget began holding deletes back",
+            ["sink"],
+            registry=r,
+        )
+        self.prune_held = Gauge(
+            "consul_sync_prune_held",
+            "Deletes the prune budget holds until its window rolls",
             ["sink"],
             registry=r,
         )

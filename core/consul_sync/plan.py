@@ -21,15 +21,20 @@ Pure functions, no I/O (import-linter checks it).  Two steps:
       ``create-only`` neither updates nor deletes.
     * Nothing is deleted on behalf of a source whose snapshot is not
       complete (an object whose origin is unknown waits for every source to
-      be complete).
-    * A pass that would delete more than ``max_prune_fraction`` of what the
-      sink owns, and more than ``prune_floor`` objects, deletes nothing and
-      says so in :attr:`Plan.guard`.
+      be complete), and nothing it contributed to a merged service is
+      removed: endpoints (and ports) the sink reads back as coming from an
+      incomplete source are kept as they are until it answers again.
+    * Deletes are budgeted (:class:`PruneBudget`): past the budget they are
+      *held* (:attr:`Plan.held`) and :attr:`Plan.guard` says why.  A pass
+      planned on its own gets the budget of a fresh window: at most
+      ``max_prune_fraction`` of what the sink owns, or ``prune_floor``
+      objects if that is more.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -54,10 +59,13 @@ class Plan:
     changes: tuple[Change, ...] = ()
     #: Desired keys occupied by an object the sink does not own.
     conflicts: tuple[ServiceKey, ...] = ()
-    #: Owned keys that would have been deleted but were held back.
+    #: Owned keys that would have been deleted but were held back (an
+    #: incomplete source, or the prune budget).
     withheld: tuple[ServiceKey, ...] = ()
-    #: Why the prune guard held every delete back (``None``: it did not trip).
+    #: Why the prune budget held deletes back (``None``: it did not).
     guard: str | None = None
+    #: The deletes the prune budget held back (also in ``withheld``).
+    held: tuple[ServiceKey, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -173,12 +181,15 @@ def plan(
     scope: Iterable[ServiceKey] | None = None,
     max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
     prune_floor: int = DEFAULT_PRUNE_FLOOR,
+    delete_budget: int | None = None,
 ) -> Plan:
     """Changes that make ``observed`` equal ``desired`` for the keys in scope.
 
     ``scope`` limits planning to the keys that changed (``None``: all keys
-    of both sides).  The prune guard always measures against everything the
-    sink owns, not just the scope.
+    of both sides).  ``delete_budget`` is how many deletes this pass may
+    make (the runtime's :class:`PruneBudget` says); ``None``: the budget of
+    a fresh window, measured against everything the sink owns, not just
+    the scope.  Deletes past it are held, the first ones in key order go.
     """
     incomplete = frozenset(incomplete_sources)
     keys = set(desired) | set(observed) if scope is None else set(scope)
@@ -190,6 +201,8 @@ def plan(
         want = desired.get(key)
         have = observed.get(key)
         if want is not None:
+            if have is not None and incomplete and have.owned and have.service is not None:
+                want = keep_contributions(want, have.service, incomplete)
             if have is None:
                 changes.append(Change(Action.CREATE, key, want))
             elif not have.owned:
@@ -203,20 +216,110 @@ def plan(
                 deletes.append(Change(Action.DELETE, key, None, have))
 
     guard = None
-    owned = sum(1 for item in observed.values() if item.owned)
-    if len(deletes) > prune_floor and len(deletes) > max_prune_fraction * owned:
+    held: list[ServiceKey] = []
+    if delete_budget is None:
+        owned = sum(1 for item in observed.values() if item.owned)
+        delete_budget = window_allowance(owned, max_prune_fraction, prune_floor)
+    if len(deletes) > delete_budget:
+        budget = max(0, delete_budget)
+        held = [change.key for change in deletes[budget:]]
+        deletes = deletes[:budget]
         guard = (
-            f"prune guard: refusing to delete {len(deletes)} of {owned} owned services "
-            f"(more than {max_prune_fraction:.0%} and more than {prune_floor}); "
-            "if this is intended, raise MAX_PRUNE_FRACTION"
+            f"prune guard: holding {len(held)} deletes back (this window's budget allows "
+            f"{budget} more: MAX_PRUNE_FRACTION {max_prune_fraction:g} of what the sink "
+            f"owned, at least {prune_floor}); they go when the window rolls, or at once with "
+            "`consul-sync run --once --release-held-deletes`"
         )
-        withheld.extend(change.key for change in deletes)
-        deletes = []
+        withheld.extend(held)
     return Plan(
         changes=tuple(changes + deletes),
         conflicts=tuple(conflicts),
         withheld=tuple(sorted(withheld)),
         guard=guard,
+        held=tuple(held),
+    )
+
+
+def window_allowance(owned: int, fraction: float, floor: int = DEFAULT_PRUNE_FLOOR) -> int:
+    """Deletes one prune window allows a sink that owned ``owned`` objects
+    when it opened."""
+    return max(floor, math.floor(fraction * owned + 1e-9))
+
+
+@attrs.define
+class PruneBudget:
+    """Deletes of one sink, budgeted over a window of time, not per pass.
+
+    A window opens with the first delete after the previous one closed and
+    lasts ``window`` seconds; within it at most ``max(floor, fraction x
+    owned)`` objects may be deleted, ``owned`` counted when it opened.  So a
+    trickle of deregistrations (one per pass) is held to the same budget as
+    a burst.  ``now`` is passed in: the budget keeps no clock of its own.
+    """
+
+    fraction: float
+    window: float
+    floor: int = DEFAULT_PRUNE_FLOOR
+    opened: float | None = None
+    allowed: int = 0
+    used: int = 0
+
+    def _open(self, now: float) -> bool:
+        return self.opened is not None and now < self.opened + self.window
+
+    def remaining(self, now: float, owned: int) -> int:
+        """How many deletes a pass at ``now`` may make."""
+        if not self._open(now):
+            return window_allowance(owned, self.fraction, self.floor)
+        return max(0, self.allowed - self.used)
+
+    def spend(self, now: float, owned: int, count: int) -> None:
+        """Record ``count`` deletes made at ``now`` (``owned`` before them)."""
+        if count <= 0:
+            return
+        if not self._open(now):
+            self.opened = now
+            self.allowed = window_allowance(owned, self.fraction, self.floor)
+            self.used = 0
+        self.used += count
+
+    def rolls_at(self) -> float | None:
+        """When the open window closes (``None``: none is open)."""
+        return None if self.opened is None else self.opened + self.window
+
+
+def keep_contributions(
+    want: DesiredService, have: DesiredService, incomplete: frozenset[str]
+) -> DesiredService:
+    """``want`` plus what the sink holds from sources that are incomplete now.
+
+    An unreachable source's endpoints (and ports) are not *removed* on its
+    behalf: removing them is a delete for that source, and nothing is
+    deleted for a source that has not answered.
+    """
+    present = {(e.address, want.port_for(e)) for e in want.endpoints}
+    names = {port.name for port in want.ports}
+    primary = want.ports[0].port if want.ports else None
+    kept: list[Endpoint] = []
+    for endpoint in have.endpoints:
+        if endpoint.source not in incomplete:
+            continue
+        number = have.port_for(endpoint)
+        if (endpoint.address, number) in present:
+            continue
+        if endpoint.port is None and number != primary:
+            kept.append(attrs.evolve(endpoint, port=number))  # it keeps its port
+        else:
+            kept.append(endpoint)
+    held_sources = [s for s in have.sources if s in incomplete and s not in want.sources]
+    ports = [port for port in have.ports if port.name not in names] if held_sources else []
+    if not kept and not held_sources:
+        return want
+    return attrs.evolve(
+        want,
+        ports=[*want.ports, *ports],
+        endpoints=[*want.endpoints, *kept],
+        sources=[*want.sources, *held_sources],
     )
 
 

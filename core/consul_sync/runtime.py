@@ -37,7 +37,7 @@ from .config import Settings
 from .errors import SinkError
 from .metrics import Metrics
 from .model import Action, Change, DesiredService, Observed, ServiceKey, Sink, Snapshot, Source
-from .plan import Plan, merge, plan
+from .plan import Plan, PruneBudget, merge, plan
 from .plugins import transform
 
 log = logging.getLogger("consul_sync.runtime")
@@ -62,6 +62,9 @@ class SinkState:
     conflicts: frozenset[ServiceKey] = frozenset()
     guard: str | None = None
     withheld: frozenset[ServiceKey] = frozenset()
+    #: Deletes the prune budget holds back until its window rolls.
+    held: frozenset[ServiceKey] = frozenset()
+    budget: PruneBudget = attrs.field(factory=lambda: PruneBudget(0.5, 600.0))
     error: str | None = None
 
 
@@ -99,9 +102,15 @@ class Runtime:
         self.ever_complete: set[str] = set()
         self.desired: dict[ServiceKey, DesiredService] = {}
         self.states = {
-            sink.name: SinkState(sink, anyio.CapacityLimiter(max(1, sink.concurrency)))
+            sink.name: SinkState(
+                sink,
+                anyio.CapacityLimiter(max(1, sink.concurrency)),
+                budget=PruneBudget(settings.max_prune_fraction, float(settings.prune_window)),
+            )
             for sink in self.sinks
         }
+        #: ``run --once --release-held-deletes``: no prune budget this run.
+        self.release_held = False
         self._dirty: dict[ServiceKey, float] = {}
         self._full_requested = True
         self._full_due: float | None = None
@@ -110,6 +119,7 @@ class Runtime:
         self._ready = False
         self._stopping = False
         self._pass_scope: anyio.CancelScope | None = None
+        self._run_scope: anyio.CancelScope | None = None
         self._endpoints = 0
         self.passes = 0
         #: Changes whenever a desired key appears or disappears.
@@ -192,8 +202,8 @@ class Runtime:
             return False, "first apply in progress"
         notes = []
         for name, state in self.states.items():
-            if state.guard:
-                notes.append(f"sink {name}: {state.guard}")
+            if state.held:
+                notes.append(f"sink {name}: {self._held_note(state)}")
             if state.error:
                 notes.append(f"sink {name}: {state.error}")
         incomplete = sorted(self.incomplete_sources())
@@ -247,7 +257,21 @@ class Runtime:
 
     def _next_retry(self) -> float | None:
         dues = [r.due for st in self.states.values() for r in st.retries.values()]
+        dues += [
+            due
+            for st in self.states.values()
+            if st.held and (due := st.budget.rolls_at()) is not None
+        ]
         return min(dues) if dues else None
+
+    def _release_rolled_windows(self) -> None:
+        """Held deletes whose prune window rolled are planned again."""
+        now = self.clock()
+        for state in self.states.values():
+            due = state.budget.rolls_at()
+            if state.held and due is not None and due <= now:
+                state.budget.opened = None  # the next delete opens a new window
+                self.mark_dirty(state.held)
 
     def _take_due_retries(self) -> set[ServiceKey]:
         now = self.clock()
@@ -283,6 +307,7 @@ class Runtime:
                     else:
                         self._full_failures = 0
                     return result
+                self._release_rolled_windows()
                 keys = set(self._dirty) | self._take_due_retries()
                 if keys:
                     return await self.reconcile(keys)
@@ -345,20 +370,25 @@ class Runtime:
         for name, state in self.states.items():
             if not await self._observe(state, fresh=False) or state.view is None:
                 result.unreachable[name] = state.error or "unreachable"
+                self._postpone(state, keys)
                 continue
             if not getattr(state.sink, "active", True):
-                continue  # a standby replica (leader election): the leader writes
+                # A standby replica (leader election): the leader writes, so
+                # nothing is left to retry here; the sink marks every key
+                # dirty when it becomes the leader.
+                self._forget(state, set(state.retries) | set(state.failing))
+                continue
             scope = keys
             if keys is not None:
                 scope = keys | {k for k, r in state.retries.items() if r.due <= self.clock()}
-            the_plan = plan(
-                self.desired,
-                state.view,
-                policy=self.settings.policy,
-                incomplete_sources=incomplete,
-                scope=scope,
-                max_prune_fraction=self.settings.max_prune_fraction,
-            )
+            the_plan = self._plan(state, state.view, incomplete, scope)
+            # A key whose plan has nothing to do for this sink any more (gone
+            # from the source, now a conflict, already as desired) is done:
+            # its retry and failure end here, or the reconciler would wake
+            # for it for ever.
+            planned = {change.key for change in the_plan.changes}
+            considered = set(state.retries) | set(state.failing) if scope is None else scope
+            self._forget(state, considered - planned)
             failed = await self._apply(state, the_plan, dirty_times)
             result.plans[name] = the_plan
             result.failed[name] = failed
@@ -372,20 +402,85 @@ class Runtime:
         self.passes += 1
         return result
 
+    def _plan(
+        self,
+        state: SinkState,
+        view: Mapping[ServiceKey, Observed],
+        incomplete: Collection[str],
+        scope: set[ServiceKey] | None,
+    ) -> Plan:
+        """Plan one sink, its deletes within what its prune window has left
+        (and the budget spent by them)."""
+        now = self.clock()
+        owned = sum(1 for item in view.values() if item.owned)
+        budget = len(view) if self.release_held else state.budget.remaining(now, owned)
+        the_plan = plan(
+            self.desired,
+            view,
+            policy=self.settings.policy,
+            incomplete_sources=incomplete,
+            scope=scope,
+            max_prune_fraction=self.settings.max_prune_fraction,
+            delete_budget=budget,
+        )
+        if self.release_held and state.held:
+            log.warning(
+                "sink %s: releasing %d held deletes (--release-held-deletes)",
+                state.sink.name,
+                len(state.held),
+                extra={"sink": state.sink.name},
+            )
+        state.budget.spend(now, owned, the_plan.count(Action.DELETE))
+        return the_plan
+
+    def _forget(self, state: SinkState, keys: Iterable[ServiceKey]) -> None:
+        for key in keys:
+            state.retries.pop(key, None)
+            state.failing.pop(key, None)
+            state.rejected.pop(key, None)
+
+    def _postpone(self, state: SinkState, keys: set[ServiceKey] | None) -> None:
+        """The sink could not be read: its due retries, and the keys of this
+        pass, wait for the next attempt with backoff (not at once again)."""
+        now = self.clock()
+        for key in keys or ():
+            state.retries.setdefault(key, _Retry(due=now))
+        for retry in state.retries.values():
+            if retry.due <= now:
+                retry.attempts += 1
+                retry.due = now + self._backoff(retry.attempts)
+
+    def _held_note(self, state: SinkState) -> str:
+        due = state.budget.rolls_at()
+        when = f"in {max(0.0, due - self.clock()):.0f}s" if due is not None else "at the next pass"
+        return (
+            f"prune guard: {len(state.held)} deletes held (this window's budget of "
+            f"MAX_PRUNE_FRACTION {self.settings.max_prune_fraction:g} is spent; they go when "
+            f"the window rolls, {when}, or at once with "
+            "`consul-sync run --once --release-held-deletes`)"
+        )
+
     def _report(self, state: SinkState, the_plan: Plan, scope: set[ServiceKey] | None) -> None:
         name = state.sink.name
-        if the_plan.guard:
-            self.metrics.prune_guard_trips.labels(sink=name).inc()
-            log.error("sink %s: %s", name, the_plan.guard, extra={"sink": name})
-            state.guard = the_plan.guard
-        elif scope is None or the_plan.count(Action.DELETE):
-            state.guard = None
         new = set(the_plan.conflicts) - state.conflicts
         # A full pass replaces what we knew; an incremental one replaces its scope.
         carried_conflicts = set() if scope is None else state.conflicts - scope
         carried_withheld = set() if scope is None else state.withheld - scope
+        carried_held = set() if scope is None else state.held - scope
         state.conflicts = frozenset(carried_conflicts | set(the_plan.conflicts))
         state.withheld = frozenset(carried_withheld | set(the_plan.withheld))
+        held = frozenset(carried_held | set(the_plan.held))
+        if held and not state.held:
+            # One report per episode, not per pass (a trickle would repeat it).
+            self.metrics.prune_guard_trips.labels(sink=name).inc()
+            state.held = held
+            log.error("sink %s: %s", name, self._held_note(state), extra={"sink": name})
+        elif state.held and not held:
+            log.info("sink %s: no deletes are held any more", name, extra={"sink": name})
+        elif held - state.held:
+            log.debug("sink %s: %d more deletes held", name, len(held - state.held))
+        state.held = held
+        state.guard = self._held_note(state) if held else None
         for key in sorted(new):
             log.warning(
                 "sink %s: %s/%s exists but is not ours (no consul-sync ownership); "
@@ -396,6 +491,7 @@ class Runtime:
             )
         self.metrics.conflicts.labels(sink=name).set(len(state.conflicts))
         self.metrics.prune_withheld.labels(sink=name).set(len(state.withheld))
+        self.metrics.prune_held.labels(sink=name).set(len(state.held))
 
     async def _apply(
         self, state: SinkState, the_plan: Plan, dirty_times: Mapping[ServiceKey, float]
@@ -562,20 +658,28 @@ class Runtime:
                 log.error("sink %s: cannot open: %s", sink.name, exc)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Watch and reconcile until :meth:`stop` (or cancellation)."""
-        self._stopping = False
-        await self.open_sinks()
-        self._hook("consul_sync_started", runtime=self)
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                for source in self.sources:
-                    tg.start_soon(self._run_source, source, name=f"source:{source.name}")
-                tg.start_soon(self._reconcile_loop, name="reconciler")
-                tg.start_soon(self._resync_loop, name="resync")
-                task_status.started()
-        finally:
-            await self.close()
+        """Watch and reconcile until :meth:`stop` (or cancellation).
+
+        :meth:`stop` may come at any moment, also while sinks are still
+        opening: one cancel scope covers all of start-up.
+        """
+        with anyio.CancelScope() as scope:
+            self._run_scope = scope
+            if self._stopping:
+                scope.cancel()
+            try:
+                await self.open_sinks()
+                self._hook("consul_sync_started", runtime=self)
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    for source in self.sources:
+                        tg.start_soon(self._run_source, source, name=f"source:{source.name}")
+                    tg.start_soon(self._reconcile_loop, name="reconciler")
+                    tg.start_soon(self._resync_loop, name="resync")
+                    task_status.started()
+            finally:
+                self._run_scope = None
+                await self.close()
 
     def stop(self) -> None:
         """Stop watching; let an in-flight pass finish within shutdown_timeout."""
@@ -585,9 +689,8 @@ class Runtime:
         self._stopping = True
         if self._pass_scope is not None:
             self._pass_scope.deadline = anyio.current_time() + self.settings.shutdown_timeout
-        tg = getattr(self, "_tg", None)
-        if tg is not None:
-            tg.cancel_scope.cancel()
+        if self._run_scope is not None:
+            self._run_scope.cancel()
 
     async def close(self) -> None:
         self._hook("consul_sync_stopping")
@@ -623,21 +726,18 @@ class Runtime:
             for name, state in self.states.items():
                 if not await self._observe(state, fresh=True) or state.view is None:
                     raise SinkError(f"sink {name}: {state.error}")
-                plans[name] = plan(
-                    self.desired,
-                    state.view,
-                    policy=self.settings.policy,
-                    incomplete_sources=self.incomplete_sources(),
-                    max_prune_fraction=self.settings.max_prune_fraction,
-                )
+                plans[name] = self._plan(state, state.view, self.incomplete_sources(), None)
             return plans
         finally:
             await self.close()
 
 
-async def watch_signals(runtime: Runtime) -> None:
+async def watch_signals(
+    runtime: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     """SIGTERM or SIGINT -> ``runtime.stop()``; a second one stops at once."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
             if runtime._stopping:

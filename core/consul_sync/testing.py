@@ -32,18 +32,19 @@ from .registry import Context, TypeRegistry
 
 def service(
     name: str,
-    *addresses: str,
+    *addresses: str | Endpoint,
     namespace: str = "network",
     port: int = 8080,
     source: str = "fake",
     **kwargs: Any,
 ) -> DesiredService:
-    """A desired service with one ``http`` port and ready endpoints."""
+    """A desired service with one ``http`` port and ready endpoints (an
+    address, or an :class:`Endpoint` as it is)."""
     return DesiredService(
         name=name,
         namespace=namespace,
         ports=[Port("http", port)],
-        endpoints=[Endpoint(a) for a in addresses],
+        endpoints=[a if isinstance(a, Endpoint) else Endpoint(a) for a in addresses],
         sources=[source],
         **kwargs,
     )

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consul_sync.model import Action, DesiredService, Endpoint, Observed, Port, Snapshot
-from consul_sync.plan import Policy, apply_to, merge, plan
+from consul_sync.plan import Policy, PruneBudget, apply_to, merge, plan
 from consul_sync.testing import service
 
 
@@ -83,12 +83,52 @@ def test_unknown_origin_waits_for_every_source() -> None:
     assert actions(plan({}, adopted)) == [("delete", "a")]
 
 
-def test_prune_guard_trips_above_fraction_and_floor() -> None:
+def test_prune_guard_holds_deletes_past_the_budget() -> None:
     many = [service(f"s{i}", f"10.0.1.{i}") for i in range(10)]
-    result = plan({}, owned(*many))  # deleting 10 of 10
-    assert result.changes == ()
-    assert result.guard is not None and "10 of 10" in result.guard
-    assert len(result.withheld) == 10
+    result = plan({}, owned(*many))  # deleting 10 of 10: a fresh window allows 5
+    assert actions(result) == [("delete", f"s{i}") for i in range(5)]
+    assert result.guard is not None and "holding 5 deletes back" in result.guard
+    assert result.held == tuple(s.key for s in many[5:]) == result.withheld
+    # the runtime's budget says how many are left in this window
+    result = plan({}, owned(*many), delete_budget=0)
+    assert result.changes == () and len(result.held) == 10
+
+
+def test_prune_budget_spans_passes_within_a_window() -> None:
+    budget = PruneBudget(fraction=0.5, window=600)
+    assert budget.remaining(0.0, owned=12) == 6 and budget.rolls_at() is None
+    budget.spend(0.0, owned=12, count=3)  # a trickle: 3 now...
+    assert budget.remaining(1.0, owned=9) == 3  # ...measured against the 12 at the start
+    budget.spend(1.0, owned=9, count=3)
+    assert budget.remaining(2.0, owned=6) == 0
+    assert budget.rolls_at() == 600.0
+    # the window rolls: a new one measures what is owned then
+    assert budget.remaining(600.0, owned=6) == 3
+    # the floor: 3 per window even of 4 owned
+    assert PruneBudget(fraction=0.5, window=600).remaining(0.0, owned=4) == 3
+
+
+def test_an_incomplete_source_keeps_its_share_of_a_merged_service() -> None:
+    both = DesiredService(
+        name="web",
+        namespace="network",
+        ports=[Port("http", 80)],
+        endpoints=[Endpoint("10.0.1.1", source="dc1"), Endpoint("10.0.2.1", source="dc2")],
+        sources=["dc1", "dc2"],
+    )
+    # dc2 is unreachable: the merge holds only dc1's endpoint
+    only_dc1 = attrs.evolve(both, endpoints=[Endpoint("10.0.1.1", source="dc1")], sources=["dc1"])
+    observed = owned(both)
+    assert plan({both.key: only_dc1}, observed, incomplete_sources={"dc2"}).changes == ()
+    # dc1's own changes still go through, dc2's endpoint stays
+    moved = attrs.evolve(only_dc1, endpoints=[Endpoint("10.0.1.9", source="dc1")])
+    (change,) = plan({both.key: moved}, observed, incomplete_sources={"dc2"}).changes
+    assert change.desired is not None
+    assert [e.address for e in change.desired.endpoints] == ["10.0.1.9", "10.0.2.1"]
+    assert change.desired.sources == ("dc1", "dc2")
+    # once dc2 answers (complete, without the endpoint), it goes
+    (change,) = plan({both.key: only_dc1}, observed).changes
+    assert change.desired == only_dc1
 
 
 def test_prune_guard_allows_small_deletes_and_fractions_below() -> None:
@@ -100,7 +140,7 @@ def test_prune_guard_allows_small_deletes_and_fractions_below() -> None:
     assert plan(keep, owned(*many)).count(Action.DELETE) == 5
     # 6 of 10 is
     keep = {s.key: s for s in many[6:]}
-    assert plan(keep, owned(*many)).guard is not None
+    assert plan(keep, owned(*many)).held == (many[5].key,)
     # unless the operator raised the fraction
     assert plan({}, owned(*many), max_prune_fraction=1.0).count(Action.DELETE) == 10
 
