@@ -96,6 +96,7 @@ class Informer:
         items, resource_version = await anyio.to_thread.run_sync(
             lambda: self.client.list(self.resource, self.namespace, self.label_selector),
             limiter=limiter,
+            abandon_on_cancel=True,  # a stop does not wait for an API that does not answer
         )
         self._replace(items, resource_version)
 

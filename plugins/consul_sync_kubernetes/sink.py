@@ -743,7 +743,11 @@ class KubernetesSink:
         """Run one blocking API call in a worker thread, behind the limiter;
         failures other than the ``expected`` statuses count as errors."""
         try:
-            result = await anyio.to_thread.run_sync(func, limiter=self._limiter)
+            # abandon_on_cancel: a stop must not wait for an API that does
+            # not answer (the shutdown deadline abandons writes anyway).
+            result = await anyio.to_thread.run_sync(
+                func, limiter=self._limiter, abandon_on_cancel=True
+            )
         except KubeError as exc:
             if exc.status not in expected:
                 self._count_error(exc)
