@@ -66,6 +66,10 @@ class SinkState:
     held: frozenset[ServiceKey] = frozenset()
     budget: PruneBudget = attrs.field(factory=lambda: PruneBudget(0.5, 600.0))
     error: str | None = None
+    #: When the current episode of failing writes began, and how many
+    #: failed writes it has seen (one log line per episode, one summary).
+    failing_since: float | None = None
+    failed_writes: int = 0
 
 
 @attrs.define
@@ -438,6 +442,7 @@ class Runtime:
             state.retries.pop(key, None)
             state.failing.pop(key, None)
             state.rejected.pop(key, None)
+        self._recovered(state)
 
     def _postpone(self, state: SinkState, keys: set[ServiceKey] | None) -> None:
         """The sink could not be read: its due retries, and the keys of this
@@ -524,6 +529,7 @@ class Runtime:
             state.retries.pop(change.key, None)
             state.rejected.pop(change.key, None)
             state.failing.pop(change.key, None)
+            self._recovered(state)
             self.metrics.applies.labels(
                 sink=sink.name, action=change.action.value, status="success"
             ).inc()
@@ -577,16 +583,36 @@ class Runtime:
         if retry_after is not None:
             delay = max(delay, retry_after)
         retry.due = self.clock() + delay
-        log.warning(
-            "sink %s: %s %s/%s failed (attempt %d), retrying in %.1fs: %s",
+        state.failed_writes += 1
+        # One line per outage, not per write and attempt: the first failure
+        # says what happened, the rest go to debug, the recovery sums up.
+        first = state.failing_since is None
+        if first:
+            state.failing_since = self.clock()
+        (log.warning if first else log.debug)(
+            "sink %s: %s %s/%s failed (attempt %d), retrying in %.1fs: %s%s",
             name,
             change.action,
             *change.key,
             retry.attempts,
             delay,
             message,
+            "; further failures until it recovers are logged at debug level" if first else "",
             extra={"sink": name, "service": change.key[1]},
         )
+
+    def _recovered(self, state: SinkState) -> None:
+        """Once no write of the sink is failing any more: the summary line."""
+        if state.failing_since is None or any(key in state.retries for key in state.failing):
+            return
+        log.info(
+            "sink %s: writes succeed again after %.1fs; %d failed writes were retried",
+            state.sink.name,
+            self.clock() - state.failing_since,
+            state.failed_writes,
+            extra={"sink": state.sink.name},
+        )
+        state.failing_since, state.failed_writes = None, 0
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: RETRY_BASE doubling up to RETRY_MAX."""

@@ -260,3 +260,36 @@ async def test_a_sink_observed_read_keeps_the_unknown_source_untouched() -> None
     source(app, 1).fail_snapshot = ConnectionError("down")
     await app.runtime.run_once()
     assert [e.address for e in dst.owned()[plain.key].endpoints] == ["10.0.1.2"]
+
+
+async def test_an_outage_logs_one_line_and_a_summary(caplog) -> None:
+    """Many writes failing over several attempts: one warning when the
+    outage starts, one summary when writes succeed again."""
+    app = fake_app(retry_base="20ms", retry_max="50ms")
+    src, dst = source(app), sink(app)
+    keys = [("network", f"s{i}") for i in range(5)]
+    for key in keys:
+        dst.failures[key] = SinkError("Kubernetes API busy or unreachable", retryable=True)
+    src.services = {k: service(k[1], f"10.0.0.{i}") for i, k in enumerate(keys)}
+    with caplog.at_level("DEBUG", logger="consul_sync.runtime"):
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.runtime.run)
+            await until(
+                lambda: (
+                    metric(
+                        app,
+                        "consul_sync_sink_changes_total",
+                        sink="sink",
+                        action="create",
+                        status="error",
+                    )
+                    >= 15
+                )
+            )
+            dst.failures.clear()
+            await until(lambda: len(dst.owned()) == 5)
+            app.runtime.stop()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "failed" in r.msg]
+    assert len(warnings) == 1
+    summaries = [r.getMessage() for r in caplog.records if "succeed again" in r.getMessage()]
+    assert len(summaries) == 1 and "failed writes were retried" in summaries[0]
