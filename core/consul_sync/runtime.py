@@ -5,7 +5,8 @@ timer and (in ``serve``) the probe server and the signal watcher.
 
 Sources publish snapshots.  The runtime keeps each source's latest one,
 works out which keys changed and marks them *dirty*.  The reconciler waits
-for dirty keys, gathers a burst for ``coalesce_window``, merges and
+for dirty keys (a change after a quiet period goes at once; what comes
+during a pass or within ``coalesce_window`` after it is gathered), merges and
 transforms only the dirty keys, plans them against each sink's view, and
 applies the changes with at most ``sink.concurrency`` writes in flight.  A
 failed write is retried for that key alone, with exponential backoff and
@@ -29,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pluggy
 from anyio.abc import TaskStatus
@@ -124,6 +126,7 @@ class Runtime:
         self._stopping = False
         self._pass_scope: anyio.CancelScope | None = None
         self._run_scope: anyio.CancelScope | None = None
+        self._last_pass_end = -math.inf
         self._endpoints = 0
         self.passes = 0
         #: Changes whenever a desired key appears or disappears.
@@ -287,10 +290,21 @@ class Runtime:
             timeout = max(0.0, min(dues) - self.clock()) if dues else math.inf
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
-            if self._wake.is_set() and self.settings.coalesce_window > 0:
-                await anyio.sleep(self.settings.coalesce_window)
+            if self._wake.is_set():
+                # Leading-edge coalescing: a change after a quiet period is
+                # planned at once; changes that come while a pass runs, or
+                # within the window after it, wait for the window to end
+                # and go together.  So a burst costs one pass more, and no
+                # change waits longer than the window behind another.
+                window = float(self.settings.coalesce_window)
+                quiet = self.clock() - self._last_pass_end
+                if quiet < window:
+                    await anyio.sleep(window - quiet)
+                else:
+                    await anyio.lowlevel.checkpoint()  # what the same moment brings goes too
             self._wake = anyio.Event()
             await self._guarded_pass()
+            self._last_pass_end = self.clock()
 
     async def _guarded_pass(self) -> PassResult | None:
         # A pass runs shielded so that a stop lets in-flight writes finish;

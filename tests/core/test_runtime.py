@@ -102,6 +102,24 @@ async def test_bursts_are_coalesced_into_one_pass() -> None:
         app.runtime.stop()
 
 
+async def test_a_change_after_a_quiet_period_does_not_wait_for_the_window() -> None:
+    """Leading-edge coalescing: the window only delays changes that come
+    right behind another."""
+    app = fake_app(coalesce_window="30s")
+    src, dst = source(app), sink(app)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: app.runtime.readiness()[0])
+        app.runtime._last_pass_end = -1e9  # long quiet since the first pass
+        await src.push(upsert=[service("lone", "10.1.0.1")])
+        await until(lambda: dst.count() == 1, timeout=10)  # not 30 s
+        # a change right behind it waits for the window (gathered)
+        await src.push(upsert=[service("next", "10.1.0.2")])
+        await anyio.sleep(0.3)
+        assert dst.count() == 1
+        app.runtime.stop()
+
+
 async def test_incomplete_snapshot_deletes_nothing() -> None:
     app = fake_app()
     src, dst = source(app), sink(app)
