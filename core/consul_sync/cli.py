@@ -248,6 +248,7 @@ async def _plan(app: App, out: TextIO) -> int:
         for key in the_plan.conflicts:
             print(f"{sink}: conflict {key[0]}/{key[1]} (exists, not ours: left alone)", file=out)
         for key in the_plan.held:
+            changes += 1  # pending, if not now: the exit code says so
             print(f"{sink}: held delete {key[0]}/{key[1]} (prune budget)", file=out)
         for key in sorted(set(the_plan.withheld) - set(the_plan.held)):
             print(f"{sink}: withheld delete {key[0]}/{key[1]} (incomplete source)", file=out)

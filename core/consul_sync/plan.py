@@ -24,9 +24,13 @@ Pure functions, no I/O (import-linter checks it).  Two steps:
       be complete), and nothing it contributed to a merged service is
       removed: endpoints (and ports) the sink reads back as coming from an
       incomplete source are kept as they are until it answers again.
-    * Deletes are budgeted (:class:`PruneBudget`): past the budget they are
-      *held* (:attr:`Plan.held`) and :attr:`Plan.guard` says why.  A pass
-      planned on its own gets the budget of a fresh window: at most
+    * Deletes are budgeted (:class:`PruneBudget`): a pass whose deletes
+      exceed what the budget has left deletes none of them; they are *held*
+      (:attr:`Plan.held`) and :attr:`Plan.guard` says why.  Only held
+      deletes planned again when their window rolled (``partial``) go in
+      part, up to the budget, so that a real mass decommission completes in
+      bounded steps while a sudden mass disappearance deletes nothing.  A
+      pass planned on its own gets the budget of a fresh window: at most
       ``max_prune_fraction`` of what the sink owns, or ``prune_floor``
       objects if that is more.
 """
@@ -182,6 +186,7 @@ def plan(
     max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
     prune_floor: int = DEFAULT_PRUNE_FLOOR,
     delete_budget: int | None = None,
+    partial: bool = False,
 ) -> Plan:
     """Changes that make ``observed`` equal ``desired`` for the keys in scope.
 
@@ -189,7 +194,8 @@ def plan(
     of both sides).  ``delete_budget`` is how many deletes this pass may
     make (the runtime's :class:`PruneBudget` says); ``None``: the budget of
     a fresh window, measured against everything the sink owns, not just
-    the scope.  Deletes past it are held, the first ones in key order go.
+    the scope.  Deletes past it are held: all of them, or with
+    ``partial`` all but the first ``delete_budget`` in key order.
     """
     incomplete = frozenset(incomplete_sources)
     keys = set(desired) | set(observed) if scope is None else set(scope)
@@ -221,14 +227,14 @@ def plan(
         owned = sum(1 for item in observed.values() if item.owned)
         delete_budget = window_allowance(owned, max_prune_fraction, prune_floor)
     if len(deletes) > delete_budget:
-        budget = max(0, delete_budget)
+        budget = max(0, delete_budget) if partial else 0
         held = [change.key for change in deletes[budget:]]
         deletes = deletes[:budget]
         guard = (
             f"prune guard: holding {len(held)} deletes back (this window's budget allows "
-            f"{budget} more: MAX_PRUNE_FRACTION {max_prune_fraction:g} of what the sink "
-            f"owned, at least {prune_floor}); they go when the window rolls, or at once with "
-            "`consul-sync run --once --release-held-deletes`"
+            f"{max(0, delete_budget)} more: MAX_PRUNE_FRACTION {max_prune_fraction:g} of what "
+            f"the sink owned, at least {prune_floor}); they are planned again when the window "
+            "rolls, or go at once with `consul-sync run --once --release-held-deletes`"
         )
         withheld.extend(held)
     return Plan(
@@ -273,9 +279,11 @@ class PruneBudget:
             return window_allowance(owned, self.fraction, self.floor)
         return max(0, self.allowed - self.used)
 
-    def spend(self, now: float, owned: int, count: int) -> None:
-        """Record ``count`` deletes made at ``now`` (``owned`` before them)."""
-        if count <= 0:
+    def spend(self, now: float, owned: int, count: int, *, held: bool = False) -> None:
+        """Record ``count`` deletes made at ``now`` (``owned`` before them);
+        ``held``: deletes were held back, so a window opens (to roll) even
+        if none was made."""
+        if count <= 0 and not held:
             return
         if not self._open(now):
             self.opened = now

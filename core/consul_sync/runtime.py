@@ -66,6 +66,8 @@ class SinkState:
     withheld: frozenset[ServiceKey] = frozenset()
     #: Deletes the prune budget holds back until its window rolls.
     held: frozenset[ServiceKey] = frozenset()
+    #: The window rolled: held deletes go in part, up to the new budget.
+    releasing: bool = False
     budget: PruneBudget = attrs.field(factory=lambda: PruneBudget(0.5, 600.0))
     error: str | None = None
     #: When the current episode of failing writes began, and how many
@@ -278,6 +280,7 @@ class Runtime:
             due = state.budget.rolls_at()
             if state.held and due is not None and due <= now:
                 state.budget.opened = None  # the next delete opens a new window
+                state.releasing = True
                 self.mark_dirty(state.held)
 
     def _take_due_retries(self) -> set[ServiceKey]:
@@ -440,7 +443,9 @@ class Runtime:
             scope=scope,
             max_prune_fraction=self.settings.max_prune_fraction,
             delete_budget=budget,
+            partial=state.releasing,
         )
+        state.releasing = False
         if self.release_held and state.held:
             log.warning(
                 "sink %s: releasing %d held deletes (--release-held-deletes)",
@@ -448,7 +453,7 @@ class Runtime:
                 len(state.held),
                 extra={"sink": state.sink.name},
             )
-        state.budget.spend(now, owned, the_plan.count(Action.DELETE))
+        state.budget.spend(now, owned, the_plan.count(Action.DELETE), held=bool(the_plan.held))
         return the_plan
 
     def _forget(self, state: SinkState, keys: Iterable[ServiceKey]) -> None:

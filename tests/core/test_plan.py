@@ -86,12 +86,16 @@ def test_unknown_origin_waits_for_every_source() -> None:
 def test_prune_guard_holds_deletes_past_the_budget() -> None:
     many = [service(f"s{i}", f"10.0.1.{i}") for i in range(10)]
     result = plan({}, owned(*many))  # deleting 10 of 10: a fresh window allows 5
+    assert result.changes == ()  # a sudden mass disappearance deletes nothing
+    assert result.guard is not None and "holding 10 deletes back" in result.guard
+    assert result.held == tuple(s.key for s in many) == result.withheld
+    # held deletes planned again when their window rolled go in part
+    result = plan({}, owned(*many), delete_budget=5, partial=True)
     assert actions(result) == [("delete", f"s{i}") for i in range(5)]
-    assert result.guard is not None and "holding 5 deletes back" in result.guard
-    assert result.held == tuple(s.key for s in many[5:]) == result.withheld
+    assert result.held == tuple(s.key for s in many[5:])
     # the runtime's budget says how many are left in this window
-    result = plan({}, owned(*many), delete_budget=0)
-    assert result.changes == () and len(result.held) == 10
+    assert plan({}, owned(*many[:4]), delete_budget=3).held == tuple(s.key for s in many[:4])
+    assert plan({}, owned(*many[:4]), delete_budget=4).count(Action.DELETE) == 4
 
 
 def test_prune_budget_spans_passes_within_a_window() -> None:
@@ -104,6 +108,10 @@ def test_prune_budget_spans_passes_within_a_window() -> None:
     assert budget.rolls_at() == 600.0
     # the window rolls: a new one measures what is owned then
     assert budget.remaining(600.0, owned=6) == 3
+    # holding deletes opens a window (so that it rolls) without spending
+    holding = PruneBudget(fraction=0.5, window=600)
+    holding.spend(5.0, owned=12, count=0, held=True)
+    assert holding.rolls_at() == 605.0 and holding.remaining(6.0, owned=12) == 6
     # the floor: 3 per window even of 4 owned
     assert PruneBudget(fraction=0.5, window=600).remaining(0.0, owned=4) == 3
 
@@ -140,7 +148,7 @@ def test_prune_guard_allows_small_deletes_and_fractions_below() -> None:
     assert plan(keep, owned(*many)).count(Action.DELETE) == 5
     # 6 of 10 is
     keep = {s.key: s for s in many[6:]}
-    assert plan(keep, owned(*many)).held == (many[5].key,)
+    assert plan(keep, owned(*many)).held == tuple(s.key for s in many[:6])
     # unless the operator raised the fraction
     assert plan({}, owned(*many), max_prune_fraction=1.0).count(Action.DELETE) == 10
 
