@@ -815,26 +815,18 @@ class ConsulSource:
     async def _nodes_loop(self) -> None:
         await self._long_poll("nodes", NODES, {}, parse.catalog_nodes, self._on_nodes)
 
-    def _on_nodes(self, nodes: dict[str, str], index: int, new_index: int) -> None:
+    def _on_nodes(self, nodes: dict[str, str], _index: int, _new_index: int) -> None:
         """A node re-registered with a new address moves only the nodes
         table: re-read the services with an instance there that used the
         node's address (no address of their own).
 
         After an outage of the watch, the first answer is compared with the
         last one before it, and the snapshot stays incomplete until the
-        services it names are read.  When the index went backwards (a
-        restored snapshot, a restarted agent), every tagged service with an
-        instance on a node is read again."""
+        services it names are read.  The comparison is of addresses, not
+        indexes, so an index that went backwards (a restored snapshot)
+        needs nothing more here; the catalog watch re-reads everything then."""
         old = self._node_addresses
         recovered = "nodes" in self._errors
-        if _went_backwards(index, new_index):
-            self._forget_indexes("nodes", index, new_index)
-            self._node_addresses = nodes
-            on_nodes: set[str] = set()
-            for names_there in self.state.by_node.values():
-                on_nodes |= names_there
-            self._recover("nodes", on_nodes & self.state.tagged, urgent=True)
-            return
         if old is not None:
             names: set[str] = set()
             for node, address in nodes.items():
