@@ -313,6 +313,11 @@ class ConsulSource:
         self._node_addresses: dict[str, str] | None = None
         #: The health watch's last answer (None: not watching successfully).
         self._checks: parse.Checks | None = None
+        #: True from a failed health-watch read until the watch answers again.
+        self._health_lost = False
+        #: Watch -> the names its recovery must still re-read; the snapshot
+        #: is not complete until every recovery has read them all.
+        self._recovering: dict[str, set[str]] = {}
         self._watch_generation = self.tokens.generation
         self._empty: str | None = None
         self._sweep_pending: set[str] = set()
@@ -480,13 +485,24 @@ class ConsulSource:
     def _on_catalog(self, catalog: dict[str, tuple[str, ...]], index: int, new_index: int) -> None:
         token_changed = self.tokens.generation != self._catalog_generation
         recovered = "catalog" in self._errors
+        if _went_backwards(index, new_index):
+            # A restored snapshot or a restarted agent: indexes from before
+            # say nothing about what is there now.
+            self._forget_indexes("catalog", index, new_index)
+            recovered = True
         full = self.state.catalog is None or recovered or token_changed
         if full or new_index != index or self._empty:
             self._catalog_generation = self.tokens.generation
-            self._take_catalog(catalog, index, new_index, full=full)
+            self._take_catalog(catalog, index, new_index, full=full, recovery=recovered)
 
     def _take_catalog(
-        self, catalog: dict[str, tuple[str, ...]], old: int, new: int, *, full: bool
+        self,
+        catalog: dict[str, tuple[str, ...]],
+        old: int,
+        new: int,
+        *,
+        full: bool,
+        recovery: bool = False,
     ) -> None:
         if not catalog:
             # Not even Consul's own "consul" service: an ACL-filtered answer
@@ -510,7 +526,7 @@ class ConsulSource:
                 extra={"source": self.name},
             )
             self._empty = None
-            full = True
+            full = recovery = True
         self._good_generation = self.tokens.generation
         first = self.state.catalog is None
         diff = self.state.set_catalog(catalog)
@@ -521,8 +537,11 @@ class ConsulSource:
             self._failed.pop(name, None)
             self._unconfirmed.discard(name)
             self._sweep_pending.discard(name)
+            self._recovery_read(name)
         self.queue.push(sorted(diff.to_read), urgent=True)
-        if full:
+        if full and recovery and not first:
+            self._recover("catalog", self.state.tagged)
+        elif full:
             self._sweep(self.state.tagged, urgent=first)
         elif not diff.body_changed and new != old and old > 0:
             self._unexplained.add(new)
@@ -707,6 +726,53 @@ class ConsulSource:
         self._sweep_pending |= names
         self.queue.push(sorted(names), urgent=urgent)
 
+    def _recover(self, which: str, names: Iterable[str], *, urgent: bool = False) -> None:
+        """A watch is back (after an error, or an index that went backwards):
+        re-read ``names`` and compare them with what was published; the
+        snapshot is not complete until they have all been read, so that
+        nothing is pruned on what was known before."""
+        names = set(names)
+        if not names:
+            return
+        log.info(
+            "source %s: the %s watch recovered: re-reading %d services",
+            self.name,
+            which,
+            len(names),
+            extra={"source": self.name},
+        )
+        self._recovering.setdefault(which, set()).update(names)
+        self._sweep(names, urgent=urgent)
+        self._notify()
+
+    def _recovery_read(self, name: str) -> None:
+        """``name`` was read (or is gone): tick it off every recovery."""
+        for which in list(self._recovering):
+            pending = self._recovering[which]
+            pending.discard(name)
+            if not pending:
+                del self._recovering[which]
+                log.debug("%s watch recovery: every service re-read", which)
+                self._notify()
+
+    def _forget_indexes(self, which: str, old: int, new: int) -> None:
+        """The ``which`` watch's index went backwards: the per-service read
+        indexes and the last instance scan belong to the old history, and
+        would hide changes whose new indexes are below them."""
+        log.info(
+            "source %s: the %s index went backwards (%d -> %d: a restored snapshot or a "
+            "restarted agent); re-reading",
+            self.name,
+            which,
+            old,
+            new,
+            extra={"source": self.name},
+        )
+        self._read_index.clear()
+        self._read_indexes.clear()
+        self._scan = None
+        self._unexplained.clear()
+
     async def _health_loop(self) -> None:
         await self._long_poll(
             "health",
@@ -718,6 +784,7 @@ class ConsulSource:
         )
 
     def _on_health_error(self) -> None:
+        self._health_lost = True
         if self._checks is not None:
             # Without the watch, each read's own node checks are the freshest.
             self._checks = None
@@ -738,6 +805,12 @@ class ConsulSource:
                 )
             self._checks = new_checks
             self._notify()
+        if self._health_lost:
+            # Checks may have flipped while the watch was down, and this first
+            # answer has nothing to compare with: read every tagged service.
+            self._health_lost = False
+            if self.state.catalog is not None:
+                self._recover("health", self.state.tagged)
 
     async def _nodes_loop(self) -> None:
         await self._long_poll("nodes", NODES, {}, parse.catalog_nodes, self._on_nodes)
@@ -745,8 +818,15 @@ class ConsulSource:
     def _on_nodes(self, nodes: dict[str, str], _index: int, _new_index: int) -> None:
         """A node re-registered with a new address moves only the nodes
         table: re-read the services with an instance there that used the
-        node's address (no address of their own)."""
+        node's address (no address of their own).
+
+        After an outage of the watch, the first answer is compared with the
+        last one before it, and the snapshot stays incomplete until the
+        services it names are read.  The comparison is of addresses, not
+        indexes, so an index that went backwards (a restored snapshot)
+        needs nothing more here; the catalog watch re-reads everything then."""
         old = self._node_addresses
+        recovered = "nodes" in self._errors
         if old is not None:
             names: set[str] = set()
             for node, address in nodes.items():
@@ -759,7 +839,10 @@ class ConsulSource:
                         names.add(name)
             if names:
                 log.debug("node addresses changed: reading %d services", len(names))
-                self.queue.push(sorted(names), urgent=True)
+                if recovered:
+                    self._recover("nodes", names, urgent=True)
+                else:
+                    self.queue.push(sorted(names), urgent=True)
         self._node_addresses = nodes
 
     # --- reads --------------------------------------------------------------------
@@ -841,6 +924,7 @@ class ConsulSource:
         for event in self._read_waiters.pop(name, ()):
             event.set()
         self._sweep_pending.discard(name)
+        self._recovery_read(name)
         self._check_sweep_done()
 
     def _check_sweep_done(self) -> None:
@@ -960,6 +1044,7 @@ class ConsulSource:
             and self._empty is None
             and not self._failed
             and not self._unconfirmed
+            and not self._recovering
         )
 
     async def _publisher(self, publish: Publish) -> None:
@@ -978,6 +1063,12 @@ class ConsulSource:
                 first = False
             await self._publish_event.wait()
             await anyio.sleep(self.publish_interval)
+
+
+def _went_backwards(old: int, new: int) -> bool:
+    """A blocking read at ``old`` answered with a smaller index (``old`` 0:
+    a plain read, nothing to compare)."""
+    return old > 0 and 0 < new < old
 
 
 def _next_index(old: int, new: int) -> int:

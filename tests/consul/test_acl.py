@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -144,3 +145,29 @@ async def test_token_file_change_is_picked_up(consul: ConsulDouble, tmp_path: Pa
         # the next read uses the new token; a token change re-reads everything
         consul.register("web", service_id="web-3", address="10.2.0.13", port=8080, tags=TAG)
         await seen.until(lambda s: {k[1] for k in s.services} == {"web", "db", "api"}, 3.0)
+
+
+async def test_after_an_empty_answer_complete_waits_for_the_sweep(
+    consul: ConsulDouble, tmp_path: Path
+) -> None:
+    read, none = consul.create_token(["read-only"]), consul.create_token([])
+    token_file = tmp_path / "token"
+    token_file.write_text(read)
+    source = make_source(consul.url, token_file=str(token_file), wait=2)
+    source.token_poll = 0.05
+    async with running(source) as seen:
+        token_file.write_text(none)
+        await seen.until(lambda s: not s.complete, 3.0, "incomplete on the empty answer")
+        consul.register(
+            "web", service_id="web-1", address="10.2.0.99", port=8080, tags=TAG, status="passing"
+        )  # fmt: skip  (in place, unseen meanwhile)
+        start = len(seen.snapshots)
+        consul.inject_fault("delay", times=None, path_prefix="/v1/health/service/", seconds=0.5)
+        token_file.write_text(read)
+
+        def fresh(s: Any) -> bool:
+            return {e.address for e in s.services[("network", "web")].endpoints} == {"10.2.0.99"}
+
+        await seen.until(lambda s: s.complete and fresh(s), 5.0, "recovered")
+        stale = [s for s in seen.snapshots[start:] if s.complete and not fresh(s)]
+        assert stale == []

@@ -171,3 +171,60 @@ async def test_error_logs_name_the_failure(consul: ConsulDouble) -> None:
             await seen.until(lambda s: s.complete, 3.0)
     assert any("No cluster leader" in line and "catalog/services" in line for line in lines)
     assert any("reads Consul again" in line for line in lines)
+
+
+def complete_but_stale(seen: Any, start: int, fresh: Any) -> list[int]:
+    """Complete snapshots from ``start`` on that do not show ``fresh`` yet."""
+    return [
+        i
+        for i, snapshot in enumerate(seen.snapshots[start:], start)
+        if snapshot.complete and not fresh(snapshot)
+    ]
+
+
+async def test_catalog_watch_recovery_is_complete_only_after_its_sweep(
+    consul: ConsulDouble,
+) -> None:
+    source = make_source(consul.url, wait=0.5)
+    async with running(source) as seen:
+        consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services")
+        consul.bump_index()  # nothing changes; the watch's next read meets the fault
+        await seen.until(lambda s: not s.complete, 3.0, "incomplete")
+        # in place (no check moves): only the catalog, which cannot be read, would tell
+        consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        start = len(seen.snapshots)
+        consul.clear_faults()
+        # the recovery sweep's reads are slow: no complete snapshot before they are done
+        consul.inject_fault("delay", times=None, path_prefix="/v1/health/service/", seconds=0.5)
+
+        def fresh(s: Any) -> bool:
+            return {e.address for e in s.services[("network", "web")].endpoints} == {"10.1.0.99"}
+
+        await seen.until(lambda s: s.complete and fresh(s), 5.0, "recovered")
+        assert complete_but_stale(seen, start, fresh) == []
+
+
+async def test_nodes_watch_recovery_is_complete_only_after_its_reads(
+    consul: ConsulDouble,
+) -> None:
+    consul.add_node("node-b", "10.2.0.1")
+    consul.register("web", service_id="web-b", address="", port=8080, tags=TAG, status="passing",
+                    node="node-b")  # fmt: skip
+    source = make_source(consul.url, wait=0.5)
+    async with running(source) as seen:
+        assert "10.2.0.1" in ready(seen.endpoints("web"))
+        consul.inject_fault("error", times=None, path_prefix="/v1/catalog/nodes")
+        consul.add_node("node-c", "10.3.0.1")  # wakes the watch; its next read fails
+        await seen.until(lambda s: not s.complete, 3.0, "incomplete")
+        consul.add_node("node-b", "10.2.0.2")  # only the nodes table tells
+        start = len(seen.snapshots)
+        consul.clear_faults()
+        consul.inject_fault("delay", times=None, path_prefix="/v1/health/service/", seconds=0.5)
+
+        def fresh(s: Any) -> bool:
+            endpoints = s.services[("network", "web")].endpoints
+            return {e.address for e in endpoints} == {"10.1.0.11", "10.2.0.2"}
+
+        await seen.until(lambda s: s.complete and fresh(s), 5.0, "recovered")
+        assert complete_but_stale(seen, start, fresh) == []

@@ -33,7 +33,8 @@ disagree, the recording is right):
 * Python-side helpers for tests: fast state mutation without HTTP (:meth:`ConsulDouble.register`,
   :meth:`ConsulDouble.batch`, :meth:`ConsulDouble.populate`, ...), connection statistics, a
   request log, fault injection (:meth:`ConsulDouble.inject_fault`), ``stop()``/``start()`` on the
-  same port, and a ``time_scale`` knob that shrinks every blocking wait.
+  same port, ``save_snapshot()``/``restore_snapshot()`` (indexes go backwards, as after
+  ``consul snapshot restore``), and a ``time_scale`` knob that shrinks every blocking wait.
 
 Where it deliberately differs from real Consul
 ==============================================
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import copy
 import hashlib
 import http
 import ipaddress
@@ -1182,6 +1184,20 @@ FaultKind = Literal[
 _BODY_FAULTS: Final = frozenset({"close_mid_body", "truncated_json", "malformed_json", "huge_body"})
 
 
+#: What :meth:`ConsulDouble.save_snapshot` keeps (the raft index is handled apart).
+_SNAPSHOT_STATE: Final = (
+    "_services_idx",
+    "_checks_idx",
+    "_nodes_idx",
+    "_svc_idx",
+    "_node_level_idx",
+    "_extinction",
+    "_nodes",
+    "_by_name",
+    "_node_names",
+)
+
+
 @dataclass
 class Fault:
     """One injected failure; see :meth:`ConsulDouble.inject_fault` for the kinds."""
@@ -1489,6 +1505,8 @@ class ConsulDouble:
         self._blocked_cond = threading.Condition(self._lock)
         self._blocked: collections.Counter[str] = collections.Counter()
         self._generation = 0
+        #: Bumped by :meth:`restore_snapshot`: parked blocking queries answer at once.
+        self._abandoned = 0
         self._dirty: set[str] = set()
         self._dirty_nodes: set[str] = set()
         self._batch_depth = 0
@@ -1896,6 +1914,38 @@ class ConsulDouble:
             idx = max(idx, self._node_level_idx.get(node, 0))
         return max(1, idx)
 
+    # ---------------------------------------------------------------- snapshot / restore
+
+    def save_snapshot(self) -> object:
+        """The catalog as ``consul snapshot save`` keeps it: nodes, services, checks and the
+        table indexes (an opaque value for :meth:`restore_snapshot`)."""
+        with self._lock:
+            return copy.deepcopy({name: getattr(self, name) for name in _SNAPSHOT_STATE})
+
+    def restore_snapshot(self, snapshot: object) -> None:
+        """Put back a catalog saved by :meth:`save_snapshot`, as ``consul snapshot restore``
+        does (not recorded; modelled on Consul 1.10's source): the table indexes, hence
+        ``X-Consul-Index`` and every ``ModifyIndex``, go back to the snapshot's; the raft index
+        does not (hashicorp/raft's ``Restore`` numbers the restore above the last log entry, so
+        later writes get indexes above every earlier one); and every parked blocking query
+        answers at once with the restored, smaller index (the FSM abandons the old state store,
+        and ``blockingQuery`` returns when its ``AbandonCh`` closes). ACL state is untouched."""
+        state = cast(dict[str, Any], copy.deepcopy(snapshot))
+        with self._lock:
+            raft = self._raft
+            for name in _SNAPSHOT_STATE:
+                setattr(self, name, state[name])
+            self._raft = max(raft, self._services_idx, self._checks_idx, self._nodes_idx)
+            self._node_service_cache.clear()
+            self._check_filter_cache.clear()
+            self._views.clear()
+            self._catalog_cache = None
+            self._checks_cache = None
+            self._state_cache.clear()
+            self._abandoned += 1
+            for entry in self._conds.values():
+                entry.cond.notify_all()
+
     # ---------------------------------------------------------------- notifications
 
     @contextmanager
@@ -1944,6 +1994,7 @@ class ConsulDouble:
         self._blocked[path] += 1
         self._blocked_cond.notify_all()
         deadline = time.monotonic() + timeout
+        abandoned = self._abandoned
         try:
             while index_fn() <= min_index:
                 remaining = deadline - time.monotonic()
@@ -1952,6 +2003,8 @@ class ConsulDouble:
                 entry.cond.wait(remaining)
                 if generation != self._generation:
                     raise _Abort()
+                if abandoned != self._abandoned:
+                    break  # a snapshot was restored: answer now, with the restored index
         finally:
             entry.waiters -= 1
             if entry.waiters == 0:

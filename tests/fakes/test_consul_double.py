@@ -834,6 +834,37 @@ def test_node_services_modify_index_and_blocking(consul: ConsulDouble) -> None:
     assert call(consul, "GET", "/v1/catalog/node-services/dev-plain").index > resp.index
 
 
+def test_snapshot_restore_takes_indexes_back_and_wakes_blocking_queries(
+    consul: ConsulDouble,
+) -> None:
+    consul.register("web", service_id="web-1", address="10.1.0.1", port=80, tags=["k"],
+                    status="passing")  # fmt: skip
+    saved = consul.save_snapshot()
+    saved_index = call(consul, "GET", "/v1/catalog/services").index
+    consul.register("web", service_id="web-1", address="10.1.0.9", port=80, tags=["k"],
+                    status="passing")  # fmt: skip
+    consul.register("db", service_id="db-1", address="10.1.0.2", port=5432)
+    before = call(consul, "GET", "/v1/catalog/services")
+    raft = consul.index
+    future = background(
+        lambda: call(
+            consul, "GET", "/v1/catalog/services", {"index": str(before.index), "wait": "10m"}
+        )
+    )
+    assert consul.wait_for_blocked(1, path_prefix="/v1/catalog/services")
+    consul.restore_snapshot(saved)
+    # woken by the restore, long before its wait (30 s here) would end
+    resp = future.result(timeout=15)
+    assert resp.index == saved_index < before.index  # the index went backwards
+    assert set(resp.json()) == {"consul", "web"}
+    (entry,) = call(consul, "GET", "/v1/health/service/web").json()
+    assert entry["Service"]["Address"] == "10.1.0.1"
+    assert entry["Service"]["ModifyIndex"] <= saved_index
+    # later writes get indexes above every earlier one (the raft index is not restored)
+    consul.register("db", service_id="db-1", address="10.1.0.2", port=5432)
+    assert call(consul, "GET", "/v1/catalog/services").index > max(raft, before.index)
+
+
 def test_health_service_ordering_across_nodes(consul: ConsulDouble) -> None:
     consul.add_node("b-node", "10.0.0.2")
     consul.add_node("A-node", "10.0.0.1")
