@@ -12,6 +12,7 @@ from consul_sync.config import load_settings
 from consul_sync.metrics import Metrics
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.testing import FakePlugin
+from consul_sync_kubernetes import render as r
 
 from .helpers import service, source
 
@@ -36,4 +37,5 @@ async def test_colliding_names_get_suffixes_when_run_by_the_runtime(tmp_path: Pa
         yaml.safe_load(p.read_text())["metadata"]["name"]
         for p in sorted(tmp_path.glob("network.service.*.yaml"))
     ]
-    assert len(services) == 2 and all(n.startswith("web-") for n in services)
+    # the valid name keeps its name; the one that had to be sanitised is suffixed
+    assert sorted(services) == ["web", r.suffixed("web", "Web")]

@@ -267,9 +267,7 @@ def _suffixed(name: str) -> str:
     ],
 )
 def test_naming_rules(keys: list[str], held: dict[str, str], expected: dict[str, str]) -> None:
-    naming = r.assign_names(
-        [(NS, k) for k in keys], {(NS, n): (NS, k) for n, k in held.items()}
-    )
+    naming = r.assign_names([(NS, k) for k in keys], {(NS, n): (NS, k) for n, k in held.items()})
     assert {k[1]: v for k, v in naming.names.items()} == expected
     # the same in any order
     again = r.assign_names(

@@ -121,31 +121,25 @@ async def test_slices_emptied_are_deleted_and_deleting_the_service_collects_them
 
 async def test_renamed_and_colliding_names(kube: KubeDouble) -> None:
     rig = make_sink(kube)
-    await rig.sync(
-        [
-            service("Web", "10.0.0.1"),
-            service("web", "10.0.0.2"),
-            service("Home_Assistant", "10.0.0.3"),
-        ]
-    )
-    held = names(kube, "services")
-    assert "home-assistant" in held
-    assert len([n for n in held if n.startswith("web-")]) == 2
+    three = [
+        service("Web", "10.0.0.1"),
+        service("web", "10.0.0.2"),
+        service("Home_Assistant", "10.0.0.3"),
+    ]
+    await rig.sync(three)
+    suffixed = r.suffixed("web", "Web")
+    # the valid name is kept as it is; only the sanitised twin gets a suffix
+    assert names(kube, "services") == ["home-assistant", "web", suffixed]
     assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 1
-    assert rig.metric("consul_sync_kubernetes_renamed_services", sink="kubernetes") == 1
+    assert rig.metric("consul_sync_kubernetes_renamed_services", sink="kubernetes") == 2
     # read back under their own names: nothing more to do
-    assert (
-        await rig.sync(
-            [
-                service("Web", "10.0.0.1"),
-                service("web", "10.0.0.2"),
-                service("Home_Assistant", "10.0.0.3"),
-            ]
-        )
-    ).empty
-    # the collision goes away: "web" takes its plain name, the suffixed one is removed
-    await rig.sync([service("web", "10.0.0.2"), service("Home_Assistant", "10.0.0.3")])
-    assert names(kube, "services") == ["home-assistant", "web"]
+    assert (await rig.sync(three)).empty
+    # the collision goes away: "Web" keeps its name (sticky), "web" is deleted
+    kube.reset_log()
+    await rig.sync([service("Web", "10.0.0.1"), service("Home_Assistant", "10.0.0.3")])
+    assert names(kube, "services") == ["home-assistant", suffixed]
+    assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/web")]
+    assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 0
 
 
 async def test_invalid_endpoints_are_skipped_and_counted(kube: KubeDouble) -> None:
