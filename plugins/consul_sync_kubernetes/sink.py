@@ -565,6 +565,9 @@ class KubernetesSink:
             affected.update(self._standing.get(key, ()))
             affected.update(self._names_of.get(key, ()))
         self._reindex(affected)
+        # A desired key whose name changed (the valid name won it) is to be
+        # written under its new name, though nothing about it changed.
+        self.context.mark_dirty([k for k in new if k in old and old[k] != new[k]])
 
     def _held(self) -> dict[ServiceKey, ServiceKey]:
         """(namespace, name) -> the key it stands for, of every Service of ours
