@@ -586,9 +586,6 @@ async def test_upgrading_a_single_source_deployment_writes_nothing(kube: KubeDou
     both = _stamped("web", ("10.0.0.1", "consul"), ("10.0.0.2", "consul"), ("10.0.0.3", "nas"))
     await rig.sync([both])
     assert names(kube, SLICES, OURS) == ["web-v4-8080", f"web-v4-8080-{r.short_hash('nas')}"]
-    assert (
-        r.SOURCE_ANNOTATION
-        not in (kube.get(SLICES, NS, "web-v4-8080") or {})["metadata"].get("annotations", {})
-        or True
-    )
+    kept = kube.get(SLICES, NS, "web-v4-8080")
+    assert kept is not None and kept["metadata"]["annotations"][r.SOURCE_ANNOTATION] == "consul"
     assert (await make_sink(kube).sink.observe())[both.key].service == both
