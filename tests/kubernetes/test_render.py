@@ -433,3 +433,60 @@ def test_differs_sees_every_field_we_write() -> None:
 def test_ip_strategy_sanity() -> None:
     # the IPv6 strategy gives the compressed form the model keeps as is
     assert str(ipaddress.ip_address("fd00:0::1")) == "fd00::1"
+
+
+# --- attribution ------------------------------------------------------------------
+
+
+def test_single_source_slices_keep_their_names_and_need_no_annotation() -> None:
+    rendered = r.render(svc(Endpoint("10.0.0.1"), Endpoint("10.0.0.2", port=9090)))
+    assert [s["metadata"]["name"] for s in rendered.slices] == ["web-v4-8080", "web-v4-9090"]
+    assert all(r.SOURCE_ANNOTATION not in s["metadata"]["annotations"] for s in rendered.slices)
+    # read back with the Service's only source
+    assert {e.source for e in r.parse(rendered.service, rendered.slices).endpoints} == {"consul"}
+
+
+def test_several_sources_get_a_slice_each_named_by_a_hash_of_the_source() -> None:
+    service = svc(
+        Endpoint("10.0.0.1", source="a"),
+        Endpoint("10.0.0.2", source="b"),
+        Endpoint("10.0.0.3", source="a"),
+        sources=["a", "b"],
+    )
+    rendered = r.render(service)
+    assert [
+        (
+            s["metadata"]["name"],
+            s["metadata"]["annotations"][r.SOURCE_ANNOTATION],
+            len(s["endpoints"]),
+        )
+        for s in rendered.slices
+    ] == [
+        (f"web-v4-8080-{r.short_hash('a')}", "a", 2),
+        (f"web-v4-8080-{r.short_hash('b')}", "b", 1),
+    ]
+    assert r.parse(rendered.service, rendered.slices) == service
+    # deterministic, and one source's change rewrites only its slice
+    again = r.render(
+        attrs.evolve(service, endpoints=[*service.endpoints, Endpoint("10.0.0.4", source="b")]),
+        existing=r.packing(rendered.slices, service.ports[0]),
+    )
+    assert _changed(rendered, again) == [f"web-v4-8080-{r.short_hash('b')}"]
+
+
+def test_a_slice_keeps_its_name_when_its_service_gains_a_source() -> None:
+    one = r.render(svc(Endpoint("10.0.0.1")))
+    both = r.render(
+        svc(Endpoint("10.0.0.1"), Endpoint("10.0.0.2", source="nas"), sources=["consul", "nas"]),
+        existing=r.packing(one.slices, Port("http", 8080), "consul"),
+    )
+    assert [s["metadata"]["name"] for s in both.slices] == [
+        "web-v4-8080",
+        f"web-v4-8080-{r.short_hash('nas')}",
+    ]
+    # new slices never take a name another group holds, whatever the bases
+    crowded = r.render(
+        svc(Endpoint("10.0.0.1", source="x"), Endpoint("10.0.0.2", source="y"), sources=["x"]),
+    )
+    names = [s["metadata"]["name"] for s in crowded.slices]
+    assert len(set(names)) == 2
