@@ -19,7 +19,16 @@ Objects for one desired service:
   each, labelled ``kubernetes.io/service-name``,
   ``endpointslice.kubernetes.io/managed-by: consul-sync`` and the
   managed-by label, annotated with the owner id, and (when the Service's
-  uid is known) with an ownerReference to the Service.
+  uid is known) with an ownerReference to the Service.  Slices are also
+  grouped by the source their endpoints came from (``Endpoint.source``):
+  a slice whose source is not the Service's only source says so in
+  ``consul-sync.io/source``; a service of several sources gets per-source
+  slice names (base name plus a short hash of the source), a service of one
+  keeps the names it always had.
+
+Names (:func:`assign_names`): a Consul name that is a DNS-1035 label is
+used as it is; others are sanitised, keep the name their object has while
+desired, and only they get a hash suffix when the name is taken.
 
 ``parse`` reads such objects back into the model so the planner can compare
 them with ``==``: ``parse(render(s)) == s`` for every valid service in
