@@ -309,6 +309,7 @@ class KubernetesSink:
         self._names_of: dict[ServiceKey, set[str]] = {}
         #: key -> names of our Services that stand for it (their annotation)
         self._standing: dict[ServiceKey, set[str]] = {}
+        self._stands_for: dict[str, ServiceKey] = {}
         self._slices_of: dict[str, set[str]] = {}
         self._slice_service: dict[str, str] = {}
         #: key -> (desired service last applied, what it reads back as)
@@ -645,13 +646,17 @@ class KubernetesSink:
             if old is not None:
                 self._names_of[old].discard(name)
                 keys.add(old)
-            for standing in self._standing.values():
-                standing.discard(name)
+            stood_for = self._stands_for.pop(name, None)
+            if stood_for is not None:
+                self._standing[stood_for].discard(name)
+                if not self._standing[stood_for]:
+                    del self._standing[stood_for]
             obj = store.get(name)
             if obj is None:
                 continue
             if self._ours(obj):
-                self._standing.setdefault(r.service_key(obj), set()).add(name)
+                self._stands_for[name] = r.service_key(obj)
+                self._standing.setdefault(self._stands_for[name], set()).add(name)
             key = self._view_key(name, obj)
             if key is None:
                 continue
