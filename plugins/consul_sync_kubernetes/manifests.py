@@ -77,7 +77,9 @@ class ManifestsSink:
         # The same default owner as the kubernetes sink's, so that what this
         # sink renders is what that one would write.
         self.owner = config.owner or f"{context.namespace}/{MANAGER}"
-        self.names = NameBook(lambda: context.desired_keys())  # noqa: PLW0108
+        #: (namespace, file's Service name) -> the key it stands for: names stay sticky
+        self._held: dict[ServiceKey, ServiceKey] = {}
+        self.names = NameBook(lambda: context.desired_keys(), lambda: self._held)  # noqa: PLW0108
         self._view: dict[ServiceKey, Observed] = {}
         self._files: dict[ServiceKey, list[Path]] = {}
 
@@ -113,9 +115,11 @@ class ManifestsSink:
                 slices.setdefault((namespace, owner), []).append((obj, path))
         view: dict[ServiceKey, Observed] = {}
         files: dict[ServiceKey, list[Path]] = {}
+        self._held = {}
         for (namespace, name), (obj, path) in services.items():
             mine = slices.get((namespace, name), [])
             if self._ours(obj):
+                self._held[(namespace, name)] = service_key(obj)
                 service = parse(obj, [o for o, _ in mine])
                 view[service.key] = Observed(service.key, True, service, service.sources)
                 files[service.key] = [path, *(p for _, p in mine)]
@@ -168,6 +172,11 @@ class ManifestsSink:
             written.append(path)
         for stale in set(self._files.get(key, ())) - set(written):
             stale.unlink(missing_ok=True)
+        # A file another key held (a change of case in Consul maps both keys
+        # to one name) is this key's now: deleting that key must not take it.
+        for other, paths in self._files.items():
+            if other != key and any(path in written for path in paths):
+                self._files[other] = [path for path in paths if path not in written]
         self._files[key] = written
 
     def _delete(self, key: ServiceKey) -> None:

@@ -19,7 +19,16 @@ Objects for one desired service:
   each, labelled ``kubernetes.io/service-name``,
   ``endpointslice.kubernetes.io/managed-by: consul-sync`` and the
   managed-by label, annotated with the owner id, and (when the Service's
-  uid is known) with an ownerReference to the Service.
+  uid is known) with an ownerReference to the Service.  Slices are also
+  grouped by the source their endpoints came from (``Endpoint.source``):
+  a slice whose source is not the Service's only source says so in
+  ``consul-sync.io/source``; a service of several sources gets per-source
+  slice names (base name plus a short hash of the source), a service of one
+  keeps the names it always had.
+
+Names (:func:`assign_names`): a Consul name that is a DNS-1035 label is
+used as it is; others are sanitised, keep the name their object has while
+desired, and only they get a hash suffix when the name is taken.
 
 ``parse`` reads such objects back into the model so the planner can compare
 them with ``==``: ``parse(render(s)) == s`` for every valid service in
@@ -33,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -48,6 +57,10 @@ MANAGER = "consul-sync"
 OWNER_ANNOTATION = "consul-sync.io/owner"
 SOURCES_ANNOTATION = "consul-sync.io/sources"
 NAME_ANNOTATION = "consul-sync.io/name"
+#: On an EndpointSlice: the source its endpoints came from (an annotation, not
+#: a label: source names are free text).  Left out when it is the Service's
+#: only source, so single-source services look as they always did.
+SOURCE_ANNOTATION = "consul-sync.io/source"
 #: Keys of the service's own labels / annotations (comma-separated), written
 #: only when there are some.
 LABEL_KEYS_ANNOTATION = "consul-sync.io/labels"
@@ -78,12 +91,17 @@ def short_hash(text: str, length: int = 5) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` is a DNS-1035 label already (it is used as it is)."""
+    return len(name) <= 63 and _DNS1035.fullmatch(name) is not None
+
+
 def sanitize(name: str) -> str:
     """A DNS-1035 label for ``name``: lowercase, ``[a-z0-9-]``, starting with a
     letter, at most 63 characters.  Deterministic; a name that had to be
     shortened keeps a hash of the original so that distinct long names stay
     distinct."""
-    if len(name) <= 63 and _DNS1035.fullmatch(name):
+    if is_valid_name(name):
         return name
     text = re.sub(r"[^a-z0-9-]+", "-", name.lower())
     text = re.sub(r"-{2,}", "-", text).strip("-")
@@ -95,48 +113,108 @@ def sanitize(name: str) -> str:
     return text
 
 
+def suffixed(target: str, name: str, length: int = 5) -> str:
+    """``target`` with a stable hash of the original ``name``: the name of a
+    sanitised service whose sanitised name is taken."""
+    return f"{target[: 62 - length].rstrip('-')}-{short_hash(name, length)}"
+
+
+Key = tuple[str, str]
+
+
 @attrs.frozen
 class Naming:
     """Kubernetes names for a set of services, collisions resolved."""
 
-    names: dict[tuple[str, str], str]
+    names: dict[Key, str]
     renamed: tuple[str, ...] = ()
     collisions: tuple[str, ...] = ()
 
 
-def assign_names(keys: Iterable[tuple[str, str]]) -> Naming:
-    """Sanitise every name; where two different names sanitise alike, both get
-    a stable hash suffix of their original name."""
-    by_target: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for namespace, name in keys:
-        by_target.setdefault((namespace, sanitize(name)), []).append((namespace, name))
-    names: dict[tuple[str, str], str] = {}
-    renamed, collisions = [], []
-    for (namespace, target), originals in by_target.items():
-        if len(originals) == 1:
-            names[originals[0]] = target
-            if target != originals[0][1]:
-                renamed.append(f"{namespace}/{originals[0][1]} -> {target}")
+def assign_names(keys: Iterable[Key], held: Mapping[Key, Key] | None = None) -> Naming:
+    """The Kubernetes name of each key (``(namespace, name)``).
+
+    ``held`` is what exists now: ``(namespace, Kubernetes name) -> the key
+    the object of ours under that name stands for``.  The rules, in order:
+
+    1. A name that is a DNS-1035 label already is the Kubernetes name,
+       always.
+    2. A sanitised key that holds an object of ours keeps that object's
+       name while it is desired (sticky), unless a name of rule 1 claims it.
+    3. Other sanitised keys get their sanitised name (:func:`sanitize`)
+       when it is free: claimed by no name of rules 1-2, not held by an
+       object of ours that stands for another desired key, and wanted by no
+       other newcomer.  Otherwise they get :func:`suffixed` (a collision).
+
+    So an existing object is never renamed because a newcomer arrived, and
+    the result depends on the keys and the holdings, not on their order.
+    """
+    wanted = sorted(set(keys))
+    desired = set(wanted)
+    held = held or {}
+    names: dict[Key, str] = {}
+    claimed: set[Key] = set()
+    sanitised: list[Key] = []
+    for key in wanted:
+        if is_valid_name(key[1]):
+            names[key] = key[1]
+            claimed.add(key)
+        else:
+            sanitised.append(key)
+    holdings: dict[Key, list[str]] = {}
+    for (_, k8s_name), stands_for in sorted(held.items()):
+        if stands_for in desired and stands_for not in names:
+            holdings.setdefault(stands_for, []).append(k8s_name)
+    newcomers = []
+    for key in sanitised:
+        free = [n for n in holdings.get(key, ()) if (key[0], n) not in claimed]
+        if free:
+            preferred = sanitize(key[1])
+            name = preferred if preferred in free else free[0]
+            names[key] = name
+            claimed.add((key[0], name))
+        else:
+            newcomers.append(key)
+    occupied = claimed | {where for where, stands_for in held.items() if stands_for in desired}
+    by_target: dict[Key, list[Key]] = {}
+    for key in newcomers:
+        by_target.setdefault((key[0], sanitize(key[1])), []).append(key)
+    collisions = []
+    for (namespace, target), group in sorted(by_target.items()):
+        if len(group) == 1 and (namespace, target) not in occupied:
+            names[group[0]] = target
+            occupied.add((namespace, target))
             continue
-        for original in originals:
-            suffixed = f"{target[:57].rstrip('-')}-{short_hash(original[1])}"
-            names[original] = suffixed
+        for key in group:
+            length = 5
+            while (namespace, name := suffixed(target, key[1], length)) in occupied:
+                length += 1
+            names[key] = name
+            occupied.add((namespace, name))
         collisions.append(
-            f"{namespace}: {', '.join(repr(o[1]) for o in sorted(originals))} all sanitise to "
-            f"{target!r}; each gets a hash suffix"
+            f"{namespace}: {', '.join(repr(k[1]) for k in group)} sanitise to {target!r}, "
+            "which is taken or wanted by another; "
+            + ", ".join(f"{k[1]!r} -> {names[k]!r}" for k in group)
         )
-    return Naming(names, tuple(sorted(renamed)), tuple(collisions))
+    renamed = sorted(f"{k[0]}/{k[1]} -> {names[k]}" for k in sanitised)
+    return Naming(names, tuple(renamed), tuple(collisions))
 
 
 class NameBook:
     """Kubernetes names for the runtime's current desired keys, recomputed
-    only when the key set changes (``Context.desired_keys``)."""
+    only when the key set changes (``Context.desired_keys``); ``held``
+    reports what the sink holds then (see :func:`assign_names`)."""
 
-    def __init__(self, desired_keys: Callable[[], tuple[int, Collection[tuple[str, str]]]]) -> None:
+    def __init__(
+        self,
+        desired_keys: Callable[[], tuple[int, Collection[Key]]],
+        held: Callable[[], Mapping[Key, Key]] | None = None,
+    ) -> None:
         self._desired_keys = desired_keys
+        self._held = held or dict
         self._version: int | None = None
         self.naming = Naming({})
-        self.owners: dict[tuple[str, str], tuple[str, str]] = {}
+        self.owners: dict[Key, Key] = {}
         self._told: set[str] = set()
 
     def refresh(self) -> list[str]:
@@ -145,7 +223,7 @@ class NameBook:
         if version == self._version:
             return []
         self._version = version
-        self.naming = assign_names(keys)
+        self.naming = assign_names(keys, self._held())
         self.owners = {(key[0], name): key for key, name in self.naming.names.items()}
         news = [n for n in (*self.naming.collisions, *self.naming.renamed) if n not in self._told]
         self._told.update(news)
@@ -155,10 +233,13 @@ class NameBook:
     def version(self) -> int | None:
         return self._version
 
-    def name(self, key: tuple[str, str]) -> str:
+    def desired(self, key: Key) -> bool:
+        return key in self.naming.names
+
+    def name(self, key: Key) -> str:
         return self.naming.names.get(key) or sanitize(key[1])
 
-    def key_of(self, namespace: str, k8s_name: str) -> tuple[str, str] | None:
+    def key_of(self, namespace: str, k8s_name: str) -> Key | None:
         """The desired key whose Kubernetes name is ``k8s_name``, if any."""
         return self.owners.get((namespace, k8s_name))
 
@@ -244,7 +325,14 @@ def endpoint_object(endpoint: Endpoint, address: str | None = None) -> dict[str,
     return item
 
 
-GroupKey = tuple[str, int | None]  # (address type, primary port number)
+GroupKey = tuple[str, int | None, str | None]  # (address type, primary port number, source)
+
+
+def default_source(sources: Sequence[str]) -> str | None:
+    """The source a slice without :data:`SOURCE_ANNOTATION` stands for: the
+    Service's only source, if it has exactly one (objects written before
+    slices were attributed, or by the Go version, read back so)."""
+    return sources[0] if len(sources) == 1 else None
 
 
 def _address(kind: str, endpoint: Endpoint) -> str:
@@ -259,6 +347,7 @@ def group_endpoints(service: DesiredService) -> tuple[dict[GroupKey, list[Endpoi
     seen: set[tuple[GroupKey, str]] = set()
     problems = []
     where = f"service {service.namespace}/{service.name}"
+    fallback = default_source(service.sources)
     for endpoint in service.endpoints:
         kind = address_type(endpoint.address)
         if kind is None:
@@ -267,7 +356,8 @@ def group_endpoints(service: DesiredService) -> tuple[dict[GroupKey, list[Endpoi
                 "nor a fully qualified hostname Kubernetes accepts; skipped"
             )
             continue
-        group = (kind, service.port_for(endpoint))
+        # and by source: an endpoint without one is the service's only source's
+        group = (kind, service.port_for(endpoint), endpoint.source or fallback)
         address = _address(kind, endpoint)
         if (group, address) in seen:
             problems.append(
@@ -279,10 +369,15 @@ def group_endpoints(service: DesiredService) -> tuple[dict[GroupKey, list[Endpoi
     return groups, problems
 
 
-def slice_base_name(k8s_name: str, group: GroupKey) -> str:
-    kind, number = group
+def slice_base_name(k8s_name: str, group: GroupKey, *, per_source: bool = False) -> str:
+    """``<service>-v4-<port>``; with ``per_source`` (a service of several
+    sources), plus a short hash of the source."""
+    kind, number, source = group
     short = {"IPv4": "v4", "IPv6": "v6", "FQDN": "fqdn"}[kind]
-    return f"{k8s_name}-{short}-{number if number is not None else 'none'}"
+    base = f"{k8s_name}-{short}-{number if number is not None else 'none'}"
+    if per_source and source is not None:
+        base += "-" + short_hash(source)
+    return base
 
 
 def pack(
@@ -404,6 +499,8 @@ def slice_object(
         },
         "annotations": {OWNER_ANNOTATION: owner},
     }
+    if group[2] is not None and group[2] != default_source(service.sources):
+        metadata["annotations"][SOURCE_ANNOTATION] = group[2]
     if service_uid:
         metadata["ownerReferences"] = [owner_reference(k8s_name, service_uid)]
     return {
@@ -414,6 +511,22 @@ def slice_object(
         "endpoints": [endpoint_object(e, _address(group[0], e)) for e in endpoints],
         "ports": slice_ports(service, group[1]),
     }
+
+
+class _AnyOf(Collection[str]):
+    """Names in any of two collections (only ``in`` is used)."""
+
+    def __init__(self, first: Collection[str], second: Collection[str]) -> None:
+        self.first, self.second = first, second
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.second or name in self.first
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({*self.first, *self.second})
+
+    def __len__(self) -> int:
+        return len({*self.first, *self.second})
 
 
 @attrs.frozen
@@ -445,12 +558,18 @@ def render(
     """
     name = k8s_name or sanitize(service.name)
     groups, problems = group_endpoints(service)
+    existing = existing or {}
+    per_source = len(service.sources) > 1
+    # A new slice takes no name another group holds or was given, whatever
+    # the groups' base names.
+    held = {slice_name for packed in existing.values() for slice_name in packed}
     slices = []
-    for group in sorted(groups, key=lambda g: (g[0], -1 if g[1] is None else g[1])):
-        base = slice_base_name(name, group)
-        packed = pack(
-            group, groups[group], base, max_per_slice, (existing or {}).get(group), reserved
-        )
+    for group in sorted(groups, key=lambda g: (g[0], -1 if g[1] is None else g[1], g[2] or "")):
+        base = slice_base_name(name, group, per_source=per_source)
+        own = existing.get(group) or {}
+        others = _AnyOf(reserved, held.difference(own))
+        packed = pack(group, groups[group], base, max_per_slice, own, others)
+        held.update(packed)
         for slice_name in sorted(packed, key=_slice_order(base)):
             slices.append(
                 slice_object(
@@ -501,15 +620,24 @@ def _ports(obj: Mapping[str, Any]) -> list[Port]:
     ]
 
 
-def slice_group(obj: Mapping[str, Any], primary: Port | None) -> GroupKey:
-    """The (address type, primary port number) group a slice belongs to."""
+def slice_source(obj: Mapping[str, Any], default: str | None) -> str | None:
+    """The source a slice's endpoints came from: its annotation, else
+    ``default`` (see :func:`default_source`)."""
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    return annotations.get(SOURCE_ANNOTATION) or default
+
+
+def slice_group(
+    obj: Mapping[str, Any], primary: Port | None, default: str | None = None
+) -> GroupKey:
+    """The (address type, primary port number, source) group a slice belongs to."""
     number = None
     if primary is not None:
         for port in obj.get("ports") or []:
             if port.get("name", "") == primary.name and "port" in port:
                 number = int(port["port"])
                 break
-    return (str(obj.get("addressType", "")), number)
+    return (str(obj.get("addressType", "")), number, slice_source(obj, default))
 
 
 def parse(service_obj: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -> DesiredService:
@@ -535,9 +663,10 @@ def parse(service_obj: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -
     sources = [s for s in live_annotations.get(SOURCES_ANNOTATION, "").split(",") if s]
     ports = _ports(service_obj)
     primary = ports[0] if ports else None
+    fallback = default_source(sources)
     endpoints = []
     for obj in slices:
-        number = slice_group(obj, primary)[1]
+        _, number, source = slice_group(obj, primary, fallback)
         override = None if primary is None or number == primary.port else number
         for item in obj.get("endpoints") or []:
             conditions = item.get("conditions") or {}
@@ -555,6 +684,7 @@ def parse(service_obj: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -
                         hostname=item.get("hostname"),
                         zone=item.get("zone"),
                         node_name=item.get("nodeName"),
+                        source=source,
                     )
                 )
     return DesiredService(
@@ -569,13 +699,15 @@ def parse(service_obj: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -
 
 
 def packing(
-    slices: Iterable[Mapping[str, Any]], primary: Port | None
+    slices: Iterable[Mapping[str, Any]], primary: Port | None, default: str | None = None
 ) -> dict[GroupKey, dict[str, list[str]]]:
-    """Group -> slice name -> addresses, of a service's live slices."""
+    """Group -> slice name -> addresses, of a service's live slices
+    (``default``: the source of unannotated slices, see :func:`default_source`)."""
     out: dict[GroupKey, dict[str, list[str]]] = {}
     for obj in slices:
         addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
-        out.setdefault(slice_group(obj, primary), {})[obj["metadata"]["name"]] = addresses
+        group = slice_group(obj, primary, default)
+        out.setdefault(group, {})[obj["metadata"]["name"]] = addresses
     return out
 
 
@@ -589,6 +721,7 @@ def is_managed(obj: Mapping[str, Any]) -> bool:
 
 # --- comparing with live objects -------------------------------------------
 
+_EXACT_ANNOTATIONS = (NAME_ANNOTATION, SOURCE_ANNOTATION)
 _ENDPOINT_FIELDS = ("addresses", "hostname", "nodeName", "zone")
 _CONDITIONS = ("ready", "serving", "terminating")
 
@@ -645,6 +778,11 @@ def differs(want: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
     if not _contains(live_meta.get("annotations"), want_meta.get("annotations") or {}):
         return True
     if _stale_keys(live_meta, want_meta):
+        return True
+    # Annotations whose absence means something: the original name, the source.
+    live_annotations = live_meta.get("annotations") or {}
+    want_annotations = want_meta.get("annotations") or {}
+    if any(live_annotations.get(k) != want_annotations.get(k) for k in _EXACT_ANNOTATIONS):
         return True
     live_refs = [
         (r.get("apiVersion"), r.get("kind"), r.get("name"), r.get("uid"), bool(r.get("controller")))

@@ -292,7 +292,7 @@ class KubernetesSink:
         self.adopt = self.owner == default_owner(self.namespace, DEFAULT_INSTANCE)
         self.concurrency = config.concurrency
         # The runtime sets context.desired_keys after making its sinks: look it up late.
-        self.names = r.NameBook(lambda: context.desired_keys())  # noqa: PLW0108
+        self.names = r.NameBook(lambda: context.desired_keys(), self._held)  # noqa: PLW0108
         self.metrics = SinkMetrics.of(context.metrics.registry)
         self.client: KubeClient | None = context.extras.get("kubernetes_client")
         self._own_client = self.client is None
@@ -307,6 +307,9 @@ class KubernetesSink:
         self._view: dict[ServiceKey, Observed] = {}
         self._key_of: dict[str, ServiceKey] = {}
         self._names_of: dict[ServiceKey, set[str]] = {}
+        #: key -> names of our Services that stand for it (their annotation)
+        self._standing: dict[ServiceKey, set[str]] = {}
+        self._stands_for: dict[str, ServiceKey] = {}
         self._slices_of: dict[str, set[str]] = {}
         self._slice_service: dict[str, str] = {}
         #: key -> (desired service last applied, what it reads back as)
@@ -554,14 +557,62 @@ class KubernetesSink:
         self.metrics.renamed.labels(sink=self.name).set(len(naming.renamed))
         self.metrics.collisions.labels(sink=self.name).set(len(naming.collisions))
         new = naming.names
-        affected = {
-            name
-            for key in old.keys() | new.keys()
-            if old.get(key) != new.get(key)
-            for name in (old.get(key), new.get(key))
-            if name is not None
-        }
+        affected: set[str] = set()
+        for key in old.keys() | new.keys():
+            if old.get(key) == new.get(key):
+                continue
+            # its names, and the objects standing or filed under it
+            affected.update(n for n in (old.get(key), new.get(key)) if n is not None)
+            affected.update(self._standing.get(key, ()))
+            affected.update(self._names_of.get(key, ()))
         self._reindex(affected)
+        # A desired key whose name changed (the valid name won it) is to be
+        # written under its new name, though nothing about it changed.
+        self.context.mark_dirty([k for k in new if k in old and old[k] != new[k]])
+
+    def _held(self) -> dict[ServiceKey, ServiceKey]:
+        """(namespace, name) -> the key it stands for, of every Service of ours
+        (what naming keeps sticky, :func:`.render.assign_names`)."""
+        store = self.services.store if self.services is not None else {}
+        return {
+            (self.namespace, name): r.service_key(obj)
+            for name, obj in store.items()
+            if self._ours(obj)
+        }
+
+    def _pseudo_key(self, k8s_name: str) -> ServiceKey:
+        """The view key of a Service of ours under a name its key does not
+        map to any more: ``(namespace, <its name>)``, or, when that is a
+        desired key (a valid name claimed it), ``<its name>~old``."""
+        key = (self.namespace, k8s_name)
+        while self.names.desired(key):
+            key = (self.namespace, key[1] + "~old")
+        return key
+
+    def _view_key(self, k8s_name: str, obj: Mapping[str, Any]) -> ServiceKey | None:
+        """Which view entry a Service belongs to (``None``: none, somebody
+        else's and in nobody's way).
+
+        * The desired key whose name it is, if it stands for that key, or
+          for a key no longer desired (a rename or a change of case in
+          Consul: taken over in place, same object, same uid).
+        * A pseudo key (:meth:`_pseudo_key`) if it stands for a desired key
+          whose name is now another (the valid name won, ...): the planner
+          deletes it like anything else not desired, under the policy, the
+          prune guard and the incomplete-source rule.
+        * Else the key it stands for (not desired: to be deleted).
+        """
+        mapped = self.names.key_of(self.namespace, k8s_name)
+        if self._ours(obj):
+            stands_for = r.service_key(obj)
+            if mapped is not None and (mapped == stands_for or not self.names.desired(stands_for)):
+                return mapped
+            if self.names.desired(stands_for):
+                return self._pseudo_key(k8s_name)
+            return stands_for
+        if mapped is None and self._classify(obj) == FOREIGN:
+            return None  # somebody else's, and in nobody's way
+        return mapped or (self.namespace, k8s_name)
 
     def _services_changed(self, names: set[str]) -> None:
         self._reindex(names, external=True)
@@ -595,17 +646,20 @@ class KubernetesSink:
             if old is not None:
                 self._names_of[old].discard(name)
                 keys.add(old)
+            stood_for = self._stands_for.pop(name, None)
+            if stood_for is not None:
+                self._standing[stood_for].discard(name)
+                if not self._standing[stood_for]:
+                    del self._standing[stood_for]
             obj = store.get(name)
             if obj is None:
                 continue
-            kind = self._classify(obj)
-            if kind == MINE:
-                key = r.service_key(obj)
-            else:
-                desired = self.names.key_of(self.namespace, name)
-                if desired is None and kind == FOREIGN:
-                    continue  # somebody else's, and in nobody's way
-                key = desired or (self.namespace, name)
+            if self._ours(obj):
+                self._stands_for[name] = r.service_key(obj)
+                self._standing.setdefault(self._stands_for[name], set()).add(name)
+            key = self._view_key(name, obj)
+            if key is None:
+                continue
             self._key_of[name] = key
             self._names_of.setdefault(key, set()).add(name)
             keys.add(key)
@@ -620,6 +674,19 @@ class KubernetesSink:
                 accepted = self._accepted.get(key)
                 if after is None or accepted is None or after.service != accepted[0]:
                     self.context.mark_dirty([key])
+            elif before is None and after is not None and self._is_old_name(key):
+                # An old name to delete appeared (naming changed): plan it.
+                self.context.mark_dirty([key])
+
+    def _is_old_name(self, key: ServiceKey) -> bool:
+        """A pseudo key: Services of ours filed under it stand for another key."""
+        if self.names.desired(key) or self.services is None:
+            return False
+        store = self.services.store
+        return any(
+            name in store and self._ours(store[name]) and r.service_key(store[name]) != key
+            for name in self._names_of.get(key, ())
+        )
 
     def _observed(self, key: ServiceKey) -> Observed | None:
         names = self._names_of.get(key)
@@ -631,20 +698,25 @@ class KubernetesSink:
         objects = {name: store[name] for name in names if name in store}
         ours = {name for name, obj in objects.items() if self._ours(obj)}
         expected = self.names.naming.names.get(key)
-        if expected is None:  # not desired: whatever we hold is to be deleted
-            expected = min(ours) if ours else min(names)
-        if expected in objects and expected not in ours:
+        if expected is None:
+            # Not desired (gone from the sources, or an old name): to be deleted.
+            if not ours:
+                return Observed(key, owned=False)
+            held = objects[min(ours)]
+            if self._classify(held) != MINE:
+                return Observed(key, True, None, None)
+            parsed = r.parse(held, self._slices_for(min(ours))[0])
+            return Observed(key, True, parsed if parsed.key == key else None, parsed.sources)
+        if expected not in objects:
+            return None
+        live = objects[expected]
+        if expected not in ours:
             return Observed(key, owned=False)
-        if not ours:
-            return Observed(key, owned=False)
-        live = objects.get(expected)
-        if live is None or len(ours) > 1 or self._classify(live) != MINE:
-            # Under another name, adopted from the Go version, or twice:
-            # to be rewritten.
-            sources = None
-            if live is not None and self._classify(live) == MINE:
-                sources = r.parse(live, []).sources
-            return Observed(key, True, None, sources)
+        if self._classify(live) != MINE:
+            return Observed(key, True, None, None)  # the Go version's: adopted, rewritten
+        if r.service_key(live) != key:
+            # It stands for a key no longer desired: to be taken over in place.
+            return Observed(key, True, None, r.parse(live, []).sources)
         mine, others = self._slices_for(expected)
         parsed = r.parse(live, mine)
         canonical = not others and self._matches(parsed, expected, live, mine)
@@ -675,15 +747,20 @@ class KubernetesSink:
         k8s_name: str,
         mine: Sequence[Mapping[str, Any]],
         uid: str | None,
+        live: Mapping[str, Any] | None,
     ) -> r.Rendered:
+        """``service``'s objects, endpoints kept in the slices of ``mine``
+        that hold them (``live``: the Service now, whose sources say where
+        unannotated slices came from)."""
         assert self.slices is not None
         primary = service.ports[0] if service.ports else None
+        default = r.default_source(r.parse(live, []).sources) if live is not None else None
         return r.render(
             service,
             k8s_name=k8s_name,
             owner=self.owner,
             max_per_slice=self.config.max_endpoints_per_slice,
-            existing=r.packing(mine, primary),
+            existing=r.packing(mine, primary, default),
             reserved=_Reserved(self.slices.store, k8s_name, self._foreign_slices),
             service_uid=uid,
         )
@@ -699,7 +776,7 @@ class KubernetesSink:
         in the shape we write them)."""
         if r.validate(parsed):
             return False
-        rendered = self._render(parsed, k8s_name, mine, _uid(live))
+        rendered = self._render(parsed, k8s_name, mine, _uid(live), live)
         if r.differs(rendered.service, live):
             return False
         by_name = {_meta(obj)["name"]: obj for obj in mine}
@@ -802,11 +879,20 @@ class KubernetesSink:
                 retryable=False,
             )
         if live is not None and self._classify(live) == MINE and r.service_key(live) != key:
-            raise SinkError(
-                f"Service {self.namespace}/{k8s_name} still stands for "
-                f"{r.service_key(live)[1]!r}; waiting for it to be removed",
-                retryable=True,
-            )
+            holder = r.service_key(live)
+            if self.names.desired(holder):
+                # Its key has another name now: the planner deletes the old
+                # one (a pseudo key) like any delete; we wait for that.
+                old = self._pseudo_key(k8s_name)
+                self.context.mark_dirty([old])
+                raise SinkError(
+                    f"Service {self.namespace}/{k8s_name} still stands for {holder[1]!r}, now "
+                    f"named {self.names.name(holder)!r}; waiting for the delete of the old name "
+                    f"(planned as {old[0]}/{old[1]}; not done under policy upsert-only)",
+                    retryable=True,
+                )
+            # It stands for a key no longer desired: taken over in place below
+            # (the same Service, uid kept; its annotations say what it is now).
         problems = r.validate(desired)
         if problems:
             self.metrics.skipped.labels(sink=self.name, what="service").inc()
@@ -816,7 +902,7 @@ class KubernetesSink:
                 retryable=False,
             )
         mine, legacy = self._slices_for(k8s_name)
-        rendered = self._render(desired, k8s_name, mine, None)
+        rendered = self._render(desired, k8s_name, mine, None, live)
         for problem in rendered.problems:
             self.metrics.skipped.labels(sink=self.name, what="endpoint").inc()
             log.warning("sink %s: %s", self.name, problem, extra={"sink": self.name})
@@ -834,32 +920,34 @@ class KubernetesSink:
                 writes.append((obj, current is not None))
         wanted = {obj["metadata"]["name"] for obj in rendered.slices}
         stale = [obj for obj in mine if _meta(obj)["name"] not in wanted] + legacy
-        # Services of this key under another name (a rename): theirs go too.
-        old_services = [
-            self.services.store[name]
-            for name in self._names_of.get(key, set()) - {k8s_name}
-            if name in self.services.store and self._ours(self.services.store[name])
-        ]
+        # (Services of this key under an old name are not deleted here: they
+        # are view entries of their own, deleted when the planner says so.)
         await gather(
             partial(self._apply_object, Resource.ENDPOINTSLICES, obj, force=exists)
             for obj, exists in writes
         )
-        await gather(
-            [
-                *(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in stale),
-                *(partial(self._delete_service, _meta(obj)["name"]) for obj in old_services),
-            ]
-        )
+        await gather(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in stale)
         rendered_back = r.parse(rendered.service, rendered.slices)
         self._accepted[key] = (desired, rendered_back)
 
     async def _delete(self, key: ServiceKey) -> None:
+        """Delete the Services of ours filed under ``key`` now: never one a
+        desired key's name maps to and that is to be taken over in place
+        (names are refreshed first, so this holds whichever of a rename's
+        delete and upsert runs first)."""
         assert self.services is not None
+        waiting = []
         for name in sorted(self._names_of.get(key, set())):
             obj = self.services.store.get(name)
-            if obj is not None and self._ours(obj):
-                await self._delete_service(name)
+            if obj is None or not self._ours(obj) or self._view_key(name, obj) != key:
+                continue
+            await self._delete_service(name)
+            mapped = self.names.key_of(self.namespace, name)
+            if mapped is not None:
+                waiting.append(mapped)  # a key waiting for this name: retry it now
         self._accepted.pop(key, None)
+        if waiting:
+            self.context.mark_dirty(waiting)
 
     async def _delete_service(self, k8s_name: str) -> None:
         """Delete a Service of ours, and those of its slices the garbage

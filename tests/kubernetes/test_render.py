@@ -18,12 +18,15 @@ from .recordings import request_body, response_body
 
 
 def svc(*endpoints: Endpoint, name: str = "web", port: int = 8080, **kwargs: Any) -> DesiredService:
+    """A service in canonical form: endpoints stamped with their source, as
+    ``consul_sync.plan.merge`` stamps them."""
+    sources = kwargs.pop("sources", ["consul"])
     return DesiredService(
         name=name,
         namespace="network",
         ports=kwargs.pop("ports", [Port("http", port, "TCP", "http")]),
-        endpoints=endpoints,
-        sources=kwargs.pop("sources", ["consul"]),
+        endpoints=[e if e.source else attrs.evolve(e, source=sources[0]) for e in endpoints],
+        sources=sources,
         **kwargs,
     )
 
@@ -127,7 +130,7 @@ def test_2500_instances_make_25_slices_of_at_most_100() -> None:
 
 
 def _existing(rendered: r.Rendered) -> dict[r.GroupKey, dict[str, list[str]]]:
-    return r.packing(rendered.slices, Port("http", 8080))
+    return r.packing(rendered.slices, Port("http", 8080), "consul")
 
 
 def _changed(before: r.Rendered, after: r.Rendered) -> list[str]:
@@ -229,14 +232,66 @@ def test_sanitised_names_are_dns_1035_labels_and_deterministic() -> None:
     assert len(r.sanitize(long)) == 63 and r.sanitize(long) != r.sanitize("a" * 81)
 
 
-def test_colliding_names_both_get_a_stable_hash_suffix() -> None:
-    naming = r.assign_names([("network", "Web"), ("network", "web"), ("network", "db")])
-    assert naming.names[("network", "db")] == "db"
-    suffixed = {naming.names[("network", "Web")], naming.names[("network", "web")]}
-    assert len(suffixed) == 2 and all(n.startswith("web-") for n in suffixed)
-    assert naming.collisions and "'Web', 'web'" in naming.collisions[0]
-    again = r.assign_names([("network", "web"), ("network", "Web")])
-    assert again.names == {k: v for k, v in naming.names.items() if k[1] != "db"}
+NS = "network"
+
+
+def _suffixed(name: str) -> str:
+    return r.suffixed(r.sanitize(name), name)
+
+
+@pytest.mark.parametrize(
+    ("keys", "held", "expected"),
+    [
+        # valid DNS-1035 names are kept exactly, whatever else is there
+        (["web", "db"], {}, {"web": "web", "db": "db"}),
+        # a casing twin of a valid name is the one suffixed, never the valid one
+        (["Web", "web"], {}, {"web": "web", "Web": _suffixed("Web")}),
+        # ... even when the sanitised twin held the name first: the valid name wins
+        (["Web", "web"], {"web": "Web"}, {"web": "web", "Web": _suffixed("Web")}),
+        # a newcomer does not rename what exists: Home_Assistant next to home-assistant
+        (
+            ["home-assistant", "Home_Assistant"],
+            {"home-assistant": "home-assistant"},
+            {"home-assistant": "home-assistant", "Home_Assistant": _suffixed("Home_Assistant")},
+        ),
+        # a sanitised name alone takes its sanitised name
+        (["Home_Assistant"], {}, {"Home_Assistant": "home-assistant"}),
+        # a casing rename (web -> Web, web gone) takes over the same name
+        (["Web"], {"web": "web"}, {"Web": "web"}),
+        # two sanitised newcomers that sanitise alike: both suffixed, order-free
+        (["Web", "WEB"], {}, {"Web": _suffixed("Web"), "WEB": _suffixed("WEB")}),
+        # sticky: a sanitised key holding its name keeps it when a twin arrives
+        (["Web", "WEB"], {"web": "Web"}, {"Web": "web", "WEB": _suffixed("WEB")}),
+        # sticky: a suffixed name stays when its collision goes away
+        (["WEB"], {_suffixed("WEB"): "WEB"}, {"WEB": _suffixed("WEB")}),
+    ],
+)
+def test_naming_rules(keys: list[str], held: dict[str, str], expected: dict[str, str]) -> None:
+    naming = r.assign_names([(NS, k) for k in keys], {(NS, n): (NS, k) for n, k in held.items()})
+    assert {k[1]: v for k, v in naming.names.items()} == expected
+    # the same in any order
+    again = r.assign_names(
+        [(NS, k) for k in reversed(keys)], {(NS, n): (NS, k) for n, k in held.items()}
+    )
+    assert again.names == naming.names
+
+
+def test_occupied_names_and_what_naming_reports() -> None:
+    held = {(NS, "home-assistant"): (NS, "Home.Assistant")}
+    # the holder is still desired: the newcomer is suffixed, the holder keeps its name
+    both = r.assign_names([(NS, "Home_Assistant"), (NS, "Home.Assistant")], held)
+    assert both.names[(NS, "Home.Assistant")] == "home-assistant"
+    assert both.names[(NS, "Home_Assistant")] == _suffixed("Home_Assistant")
+    assert len(both.collisions) == 1 and "'Home_Assistant'" in both.collisions[0]
+    assert len(both.renamed) == 2
+    # the holder is gone: the newcomer takes the name over
+    alone = r.assign_names([(NS, "Home_Assistant")], held)
+    assert alone.names == {(NS, "Home_Assistant"): "home-assistant"}
+    assert alone.collisions == ()
+    # every name is a DNS-1035 label
+    assert all(r.is_valid_name(n) for n in both.names.values())
+    long = [(NS, "A" * 80), (NS, "a" * 80)]
+    assert all(r.is_valid_name(n) for n in r.assign_names(long).names.values())
 
 
 def test_a_renamed_service_reads_back_under_its_own_name() -> None:
@@ -283,6 +338,9 @@ def services(draw: st.DrawFn) -> DesiredService:
         for _ in range(draw(st.integers(0, 12)))
     ]
     ours = set(r.OUR_LABELS) | set(r.OUR_ANNOTATIONS)
+    sources = draw(st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,5}", fullmatch=True), max_size=3))
+    if sources:  # canonical form: stamped by merge with one of the service's sources
+        endpoints = [attrs.evolve(e, source=draw(st.sampled_from(sources))) for e in endpoints]
     return DesiredService(
         name=draw(st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,70}", fullmatch=True)),
         namespace="network",
@@ -292,7 +350,7 @@ def services(draw: st.DrawFn) -> DesiredService:
         annotations=draw(
             st.dictionaries(_label.filter(lambda k: k not in ours), st.text(max_size=8), max_size=3)
         ),
-        sources=draw(st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,5}", fullmatch=True), max_size=2)),
+        sources=sources,
     )
 
 
@@ -309,7 +367,7 @@ def test_parse_reads_back_exactly_what_render_wrote(
         service,
         max_per_slice=max_per_slice,
         service_uid="u",
-        existing=r.packing(rendered.slices, service.ports[0]),
+        existing=r.packing(rendered.slices, service.ports[0], r.default_source(service.sources)),
     )
     assert not r.differs(again.service, rendered.service)
     assert [s["metadata"]["name"] for s in again.slices] == [
@@ -321,7 +379,10 @@ def test_parse_reads_back_exactly_what_render_wrote(
 def test_parse_reads_a_recorded_fqdn_slice_without_conditions_as_ready() -> None:
     service_obj = r.render(svc()).service
     (endpoint,) = r.parse(service_obj, [response_body("08")]).endpoints
-    assert endpoint == Endpoint("nas.home.arpa", ready=True, serving=True, terminating=False)
+    # (no source annotation: the Service's only source, as the old version wrote it)
+    assert endpoint == Endpoint(
+        "nas.home.arpa", ready=True, serving=True, terminating=False, source="consul"
+    )
 
 
 def test_parse_ignores_labels_and_annotations_others_added() -> None:
@@ -372,3 +433,60 @@ def test_differs_sees_every_field_we_write() -> None:
 def test_ip_strategy_sanity() -> None:
     # the IPv6 strategy gives the compressed form the model keeps as is
     assert str(ipaddress.ip_address("fd00:0::1")) == "fd00::1"
+
+
+# --- attribution ------------------------------------------------------------------
+
+
+def test_single_source_slices_keep_their_names_and_need_no_annotation() -> None:
+    rendered = r.render(svc(Endpoint("10.0.0.1"), Endpoint("10.0.0.2", port=9090)))
+    assert [s["metadata"]["name"] for s in rendered.slices] == ["web-v4-8080", "web-v4-9090"]
+    assert all(r.SOURCE_ANNOTATION not in s["metadata"]["annotations"] for s in rendered.slices)
+    # read back with the Service's only source
+    assert {e.source for e in r.parse(rendered.service, rendered.slices).endpoints} == {"consul"}
+
+
+def test_several_sources_get_a_slice_each_named_by_a_hash_of_the_source() -> None:
+    service = svc(
+        Endpoint("10.0.0.1", source="a"),
+        Endpoint("10.0.0.2", source="b"),
+        Endpoint("10.0.0.3", source="a"),
+        sources=["a", "b"],
+    )
+    rendered = r.render(service)
+    assert [
+        (
+            s["metadata"]["name"],
+            s["metadata"]["annotations"][r.SOURCE_ANNOTATION],
+            len(s["endpoints"]),
+        )
+        for s in rendered.slices
+    ] == [
+        (f"web-v4-8080-{r.short_hash('a')}", "a", 2),
+        (f"web-v4-8080-{r.short_hash('b')}", "b", 1),
+    ]
+    assert r.parse(rendered.service, rendered.slices) == service
+    # deterministic, and one source's change rewrites only its slice
+    again = r.render(
+        attrs.evolve(service, endpoints=[*service.endpoints, Endpoint("10.0.0.4", source="b")]),
+        existing=r.packing(rendered.slices, service.ports[0]),
+    )
+    assert _changed(rendered, again) == [f"web-v4-8080-{r.short_hash('b')}"]
+
+
+def test_a_slice_keeps_its_name_when_its_service_gains_a_source() -> None:
+    one = r.render(svc(Endpoint("10.0.0.1")))
+    both = r.render(
+        svc(Endpoint("10.0.0.1"), Endpoint("10.0.0.2", source="nas"), sources=["consul", "nas"]),
+        existing=r.packing(one.slices, Port("http", 8080), "consul"),
+    )
+    assert [s["metadata"]["name"] for s in both.slices] == [
+        "web-v4-8080",
+        f"web-v4-8080-{r.short_hash('nas')}",
+    ]
+    # new slices never take a name another group holds, whatever the bases
+    crowded = r.render(
+        svc(Endpoint("10.0.0.1", source="x"), Endpoint("10.0.0.2", source="y"), sources=["x"]),
+    )
+    names = [s["metadata"]["name"] for s in crowded.slices]
+    assert len(set(names)) == 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
 
 from consul_sync.model import Endpoint
+from consul_sync_kubernetes import render as r
 from tests.fakes.k8s_double import KubeDouble
 
 from .helpers import NS, kube_app, names, service, source, the_sink, until, writes
@@ -75,3 +77,118 @@ async def test_sync_flip_resync_and_prune_through_the_runtime(kube: KubeDouble) 
         await until(lambda: kube.get("endpointslices", NS, "svc5-v4-8080") is not None)
         app.runtime.stop()
     assert the_sink(app).services is not None and not the_sink(app).services.running
+
+
+# --- names: renames and collisions through the runtime ---------------------------
+
+
+def _live(kube: KubeDouble, name: str) -> dict[str, Any]:
+    obj = kube.get("services", NS, name)
+    assert obj is not None, name
+    return obj
+
+
+def _stands_for(kube: KubeDouble, name: str) -> str | None:
+    obj = kube.get("services", NS, name)
+    return None if obj is None else r.service_key(obj)[1]
+
+
+async def _settled(app) -> None:  # type: ignore[no-untyped-def]
+    """A full pass ran after everything above (a wrong write would have happened)."""
+    passes = app.runtime.passes
+    app.runtime.request_resync()
+    await until(lambda: app.runtime.passes > passes)
+
+
+async def test_a_change_of_case_in_consul_updates_the_service_in_place(kube: KubeDouble) -> None:
+    app = kube_app(kube)
+    source(app).services = {s.key: s for s in [service("web", "10.0.0.1", "10.0.0.2")]}
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: app.runtime.readiness()[0])
+        uid = _live(kube, "web")["metadata"]["uid"]
+        kube.reset_log()
+        await source(app).push([service("Web", "10.0.0.1", "10.0.0.2")])
+        await until(lambda: _stands_for(kube, "web") == "Web")
+        await _settled(app)
+        assert _live(kube, "web")["metadata"]["uid"] == uid  # the same Service
+        assert [w for w in writes(kube) if w[0] == "DELETE"] == []
+        assert names(kube, "services") == ["web"]
+        assert names(kube, "endpointslices") == ["web-v4-8080"]
+        assert not app.runtime.states["kubernetes"].failing
+        view = app.runtime.states["kubernetes"].view
+        assert view is not None and set(view) == {(NS, "Web")}
+        app.runtime.stop()
+
+
+async def test_a_sanitised_newcomer_leaves_the_existing_service_alone(kube: KubeDouble) -> None:
+    app = kube_app(kube)
+    source(app).services = {s.key: s for s in [service("home-assistant", "10.0.0.1")]}
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: app.runtime.readiness()[0])
+        before = _live(kube, "home-assistant")
+        slice_before = kube.get("endpointslices", NS, "home-assistant-v4-8080")
+        kube.reset_log()
+        await source(app).push(upsert=[service("Home_Assistant", "10.0.0.2")])
+        newcomer = r.suffixed("home-assistant", "Home_Assistant")
+        await until(lambda: _stands_for(kube, newcomer) == "Home_Assistant")
+        await _settled(app)
+        assert _live(kube, "home-assistant") == before  # uid, spec, resourceVersion
+        assert kube.get("endpointslices", NS, "home-assistant-v4-8080") == slice_before
+        assert not [w for w in writes(kube) if w[1].endswith("/home-assistant")]
+        assert metric(app, "consul_sync_kubernetes_name_collisions", sink="kubernetes") == 1
+        app.runtime.stop()
+
+
+async def test_a_valid_name_takes_its_name_back_only_through_a_planned_delete(
+    kube: KubeDouble,
+) -> None:
+    """``Home_Assistant`` holds ``home-assistant``; then ``home-assistant``
+    registers: the valid name wins, but the old Service goes only as a
+    planned delete, which policy upsert-only never makes."""
+    app = kube_app(kube, policy="upsert-only")
+    source(app).services = {s.key: s for s in [service("Home_Assistant", "10.0.0.1")]}
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: app.runtime.readiness()[0])
+        uid = _live(kube, "home-assistant")["metadata"]["uid"]
+        kube.reset_log()
+        await source(app).push(upsert=[service("home-assistant", "10.0.0.2")])
+        renamed = r.suffixed("home-assistant", "Home_Assistant")
+        await until(lambda: _stands_for(kube, renamed) == "Home_Assistant")
+        state = app.runtime.states["kubernetes"]
+        await until(lambda: "waiting" in state.failing.get((NS, "home-assistant"), ""))
+        await _settled(app)
+        # not deleted, not overwritten: it still serves Home_Assistant
+        assert _live(kube, "home-assistant")["metadata"]["uid"] == uid
+        assert _stands_for(kube, "home-assistant") == "Home_Assistant"
+        assert [w for w in writes(kube) if w[0] == "DELETE"] == []
+        app.runtime.stop()
+
+
+async def test_under_policy_sync_the_old_name_is_deleted_then_taken(kube: KubeDouble) -> None:
+    app = kube_app(kube)
+    source(app).services = {s.key: s for s in [service("Home_Assistant", "10.0.0.1")]}
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: app.runtime.readiness()[0])
+        uid = _live(kube, "home-assistant")["metadata"]["uid"]
+        kube.reset_log()
+        await source(app).push(upsert=[service("home-assistant", "10.0.0.2")])
+        renamed = r.suffixed("home-assistant", "Home_Assistant")
+        await until(
+            lambda: (
+                _stands_for(kube, "home-assistant") == "home-assistant"
+                and _stands_for(kube, renamed) == "Home_Assistant"
+            ),
+            timeout=15,
+        )
+        await _settled(app)
+        assert _live(kube, "home-assistant")["metadata"]["uid"] != uid
+        deletes = [w for w in writes(kube) if w[0] == "DELETE"]
+        assert deletes == [("DELETE", f"/api/v1/namespaces/{NS}/services/home-assistant")]
+        served = kube.get("endpointslices", NS, "home-assistant-v4-8080")
+        assert served is not None and served["endpoints"][0]["addresses"] == ["10.0.0.2"]
+        assert not app.runtime.states["kubernetes"].failing
+        app.runtime.stop()

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from consul_sync import SinkError
-from consul_sync.model import Action, Change, DesiredService, Endpoint, Port
+from consul_sync.model import Action, Change, DesiredService, Endpoint, Observed, Port
 from consul_sync_kubernetes import render as r
 from tests.fakes.k8s_double import KubeDouble
 
@@ -121,31 +121,25 @@ async def test_slices_emptied_are_deleted_and_deleting_the_service_collects_them
 
 async def test_renamed_and_colliding_names(kube: KubeDouble) -> None:
     rig = make_sink(kube)
-    await rig.sync(
-        [
-            service("Web", "10.0.0.1"),
-            service("web", "10.0.0.2"),
-            service("Home_Assistant", "10.0.0.3"),
-        ]
-    )
-    held = names(kube, "services")
-    assert "home-assistant" in held
-    assert len([n for n in held if n.startswith("web-")]) == 2
+    three = [
+        service("Web", "10.0.0.1"),
+        service("web", "10.0.0.2"),
+        service("Home_Assistant", "10.0.0.3"),
+    ]
+    await rig.sync(three)
+    suffixed = r.suffixed("web", "Web")
+    # the valid name is kept as it is; only the sanitised twin gets a suffix
+    assert names(kube, "services") == ["home-assistant", "web", suffixed]
     assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 1
-    assert rig.metric("consul_sync_kubernetes_renamed_services", sink="kubernetes") == 1
+    assert rig.metric("consul_sync_kubernetes_renamed_services", sink="kubernetes") == 2
     # read back under their own names: nothing more to do
-    assert (
-        await rig.sync(
-            [
-                service("Web", "10.0.0.1"),
-                service("web", "10.0.0.2"),
-                service("Home_Assistant", "10.0.0.3"),
-            ]
-        )
-    ).empty
-    # the collision goes away: "web" takes its plain name, the suffixed one is removed
-    await rig.sync([service("web", "10.0.0.2"), service("Home_Assistant", "10.0.0.3")])
-    assert names(kube, "services") == ["home-assistant", "web"]
+    assert (await rig.sync(three)).empty
+    # the collision goes away: "Web" keeps its name (sticky), "web" is deleted
+    kube.reset_log()
+    await rig.sync([service("Web", "10.0.0.1"), service("Home_Assistant", "10.0.0.3")])
+    assert names(kube, "services") == ["home-assistant", suffixed]
+    assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/web")]
+    assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 0
 
 
 async def test_invalid_endpoints_are_skipped_and_counted(kube: KubeDouble) -> None:
@@ -418,3 +412,180 @@ async def test_a_service_kubernetes_would_refuse_is_skipped_with_the_reason(
         await rig.sync([bad])
     assert not caught.value.retryable and "'Web_UI'" in str(caught.value)
     assert writes(kube) == []
+
+
+# --- renames: one object name, one decision ----------------------------------------
+
+
+@pytest.mark.parametrize("delete_first", [True, False])
+async def test_a_change_of_case_is_one_in_place_update_in_either_order(
+    kube: KubeDouble, delete_first: bool
+) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("web", "10.0.0.1")])
+    uid = (kube.get("services", NS, "web") or {})["metadata"]["uid"]
+    # the runtime applies a stale plan's delete of "web" and the upsert of
+    # "Web" concurrently: whichever runs first, the Service stays
+    rig.keys.set([(NS, "Web")])
+    await rig.sink.observe()
+    upsert = Change(Action.CREATE, (NS, "Web"), service("Web", "10.0.0.1"))
+    delete = Change(Action.DELETE, (NS, "web"))
+    kube.reset_log()
+    for change in [delete, upsert] if delete_first else [upsert, delete]:
+        await rig.sink.apply(change)
+    live = kube.get("services", NS, "web")
+    assert live is not None and live["metadata"]["uid"] == uid
+    assert live["metadata"]["annotations"][r.NAME_ANNOTATION] == "Web"
+    assert [w for w in writes(kube) if w[0] == "DELETE"] == []
+    assert names(kube, SLICES, OURS) == ["web-v4-8080"]
+    assert set(rig.sink._view) == {(NS, "Web")}
+    assert (await rig.sync([service("Web", "10.0.0.1")])).empty
+
+
+async def test_a_rename_in_consul_onto_the_same_name_is_planned_as_one_update(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("Home_Assistant", "10.0.0.1")])
+    uid = (kube.get("services", NS, "home-assistant") or {})["metadata"]["uid"]
+    kube.reset_log()
+    the_plan = await rig.sync([service("home-assistant", "10.0.0.1")])
+    assert [(c.action, c.key) for c in the_plan.changes] == [
+        (Action.UPDATE, (NS, "home-assistant"))
+    ]
+    live = kube.get("services", NS, "home-assistant")
+    assert live is not None and live["metadata"]["uid"] == uid
+    assert r.NAME_ANNOTATION not in live["metadata"]["annotations"]  # stands for itself now
+    assert writes(kube) == [("PATCH", f"/api/v1/namespaces/{NS}/services/home-assistant")]
+
+
+async def test_an_old_name_is_its_own_view_entry_and_the_newcomer_waits(
+    kube: KubeDouble,
+) -> None:
+    rig = make_sink(kube)
+    await rig.sync([service("Home_Assistant", "10.0.0.1")])
+    rig.dirty.clear()
+    rig.keys.set([(NS, "Home_Assistant"), (NS, "home-assistant")])
+    view = await rig.sink.observe()
+    old = (NS, "home-assistant~old")
+    assert view[old] == Observed(old, True, None, ("consul",))
+    assert (NS, "home-assistant") not in view and (NS, "Home_Assistant") not in view
+    assert old in rig.dirty and (NS, "Home_Assistant") in rig.dirty  # planned at once
+    kube.reset_log()
+    with pytest.raises(SinkError) as caught:
+        await rig.sink.apply(
+            Change(Action.CREATE, (NS, "home-assistant"), service("home-assistant", "10.0.0.2"))
+        )
+    assert caught.value.retryable and "home-assistant~old" in str(caught.value)
+    assert writes(kube) == []
+    rig.dirty.clear()
+    await rig.sink.apply(Change(Action.DELETE, old, None, view[old]))
+    assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/home-assistant")]
+    assert (NS, "home-assistant") in rig.dirty  # the waiting key is tried again now
+    await rig.sync([service("Home_Assistant", "10.0.0.1"), service("home-assistant", "10.0.0.2")])
+    assert names(kube, "services") == [
+        "home-assistant",
+        r.suffixed("home-assistant", "Home_Assistant"),
+    ]
+
+
+# --- attribution: which source each endpoint came from -----------------------------
+
+
+def _stamped(
+    name: str, *items: tuple[str, str], sources: list[str] | None = None
+) -> DesiredService:
+    """A service as the runtime's merge hands it over: endpoints stamped."""
+    return DesiredService(
+        name=name,
+        namespace=NS,
+        ports=[Port("http", 8080)],
+        endpoints=[Endpoint(address, source=source) for address, source in items],
+        sources=sources or sorted({source for _, source in items}),
+    )
+
+
+async def test_slices_of_a_multi_source_service_record_their_source(kube: KubeDouble) -> None:
+    web = _stamped("web", ("10.0.0.1", "consul-a"), ("10.0.0.2", "consul-b"))
+    await make_sink(kube).sync([web])
+    slices = {o["metadata"]["name"]: o for o in kube.list(SLICES, NS, label_selector=OURS)}
+    assert set(slices) == {
+        f"web-v4-8080-{r.short_hash('consul-a')}",
+        f"web-v4-8080-{r.short_hash('consul-b')}",
+    }
+    assert sorted(
+        (o["metadata"]["annotations"][r.SOURCE_ANNOTATION], o["endpoints"][0]["addresses"][0])
+        for o in slices.values()
+    ) == [("consul-a", "10.0.0.1"), ("consul-b", "10.0.0.2")]
+    # a fresh replica reads it back exactly, attribution included: nothing to do
+    fresh = make_sink(kube)
+    view = await fresh.sink.observe()
+    assert view[web.key].service == web
+    kube.reset_log()
+    assert (await fresh.sync([web])).empty and writes(kube) == []
+
+
+async def test_upgrading_a_single_source_deployment_writes_nothing(kube: KubeDouble) -> None:
+    """Objects as the version before attribution wrote them (no source
+    annotation) read back with the Service's only source."""
+    svc = kube.create(
+        "services",
+        {
+            "metadata": {
+                "name": "web",
+                "namespace": NS,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "consul-sync",
+                    "app.kubernetes.io/name": "web",
+                },
+                "annotations": {
+                    r.OWNER_ANNOTATION: "network/consul-sync",
+                    r.SOURCES_ANNOTATION: "consul",
+                },
+            },
+            "spec": {
+                "clusterIP": "None",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            },
+        },
+        manager="consul-sync",
+    )
+    kube.create(
+        SLICES,
+        {
+            "metadata": {
+                "name": "web-v4-8080",
+                "namespace": NS,
+                "labels": {
+                    "kubernetes.io/service-name": "web",
+                    "endpointslice.kubernetes.io/managed-by": "consul-sync",
+                    "app.kubernetes.io/managed-by": "consul-sync",
+                },
+                "annotations": {r.OWNER_ANNOTATION: "network/consul-sync"},
+                "ownerReferences": [r.owner_reference("web", svc["metadata"]["uid"])],
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": [a],
+                    "conditions": {"ready": True, "serving": True, "terminating": False},
+                }
+                for a in ("10.0.0.1", "10.0.0.2")
+            ],
+        },
+        manager="consul-sync",
+    )
+    web = _stamped("web", ("10.0.0.1", "consul"), ("10.0.0.2", "consul"))
+    rig = make_sink(kube)
+    view = await rig.sink.observe()
+    assert view[web.key].service == web
+    kube.reset_log()
+    assert (await rig.sync([web])).empty and writes(kube) == []
+    # and a second source joining keeps the old slice where it is (no churn)
+    both = _stamped("web", ("10.0.0.1", "consul"), ("10.0.0.2", "consul"), ("10.0.0.3", "nas"))
+    await rig.sync([both])
+    assert names(kube, SLICES, OURS) == ["web-v4-8080", f"web-v4-8080-{r.short_hash('nas')}"]
+    kept = kube.get(SLICES, NS, "web-v4-8080")
+    assert kept is not None and kept["metadata"]["annotations"][r.SOURCE_ANNOTATION] == "consul"
+    assert (await make_sink(kube).sink.observe())[both.key].service == both
