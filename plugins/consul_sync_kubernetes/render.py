@@ -433,6 +433,36 @@ def service_object(service: DesiredService, k8s_name: str, owner: str) -> dict[s
     }
 
 
+def claim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The smallest object that claims the name of rendered ``obj``: what the
+    live sink creates (POST, which never merges into an object somebody else
+    made meanwhile) before applying ``obj`` onto it.  It holds only what
+    every later apply writes again unchanged (our labels and owner id, the
+    immutable ``clusterIP`` / ``addressType``), so the create's field owner
+    never keeps a field the apply stops writing."""
+    meta = obj["metadata"]
+    out: dict[str, Any] = {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {
+                k: v
+                for k, v in (meta.get("labels") or {}).items()
+                if k in (*OUR_LABELS, SLICE_MANAGED_BY, SERVICE_NAME_LABEL)
+            },
+            "annotations": {OWNER_ANNOTATION: meta["annotations"][OWNER_ANNOTATION]},
+        },
+    }
+    if obj["kind"] == "Service":
+        out["spec"] = {"clusterIP": obj["spec"]["clusterIP"]}
+    else:
+        out["addressType"] = obj["addressType"]
+        out["endpoints"] = []
+    return out
+
+
 def owner_reference(k8s_name: str, uid: str) -> dict[str, Any]:
     """The ownerReference of a slice to its Service (garbage collection)."""
     return {"apiVersion": "v1", "kind": "Service", "name": k8s_name, "uid": uid, "controller": True}
