@@ -812,6 +812,9 @@ class KubernetesSink:
         if live is not None and not self._ours(live):
             self._view[key] = Observed(key, owned=False)
             await self._tell_conflicts()
+            # (found while writing, e.g. made since the last watch event: plan
+            # the key again so that it shows as the conflict it is)
+            self.context.mark_dirty([key])
             raise SinkError(
                 f"Service {self.namespace}/{k8s_name} exists and is not consul-sync's "
                 f"(owner {self.owner!r}); left alone",
