@@ -19,6 +19,7 @@ import enum
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
@@ -33,6 +34,10 @@ from kubernetes.config import incluster_config
 log = logging.getLogger("consul_sync.kubernetes.client")
 
 APPLY_PATCH = "application/apply-patch+yaml"
+#: urllib3 retries nothing itself (its default retries a refused connection
+#: three times, each with a "Retrying" warning): the runtime's backoff is
+#: the only one.
+NO_RETRIES = False
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
 
@@ -97,6 +102,89 @@ class KubeError(Exception):
     def __str__(self) -> str:
         code = f"{self.status} {self.reason}".strip() if self.status else "no answer"
         return f"{self.message} ({code})"
+
+
+#: Verbs that change something (counted as writes in an outage summary).
+WRITE_VERBS = frozenset({"create", "patch", "update", "delete"})
+
+
+def unavailable(status: int) -> bool:
+    """An answer that means the API is down, not that the request was wrong:
+    no answer at all (0), or a 5xx."""
+    return status == 0 or status >= 500
+
+
+class Outage:
+    """Tells an API outage once instead of once per failed request.
+
+    :meth:`failed` is told every failed request (any thread): the first one
+    of an outage (no answer, or a 5xx) is logged as a warning, the others at
+    debug, and counted.  :meth:`answered` is a client listener: the first
+    answer after an outage logs one summary (how long, how many writes and
+    reads failed meanwhile) and ends it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        logger: logging.Logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.log = logger
+        self.clock = clock
+        self.since: float | None = None
+        self.writes = 0
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def failed(self, error: KubeError) -> bool:
+        """Count a failed request; whether it belongs to an outage (then it
+        has been logged here, once per outage)."""
+        if not unavailable(error.status):
+            return False
+        with self._lock:
+            first = self.since is None
+            if first:
+                self.since = self.clock()
+                self.writes = self.reads = 0
+            if error.verb in WRITE_VERBS:
+                self.writes += 1
+            else:
+                self.reads += 1
+        what = f"{error.verb} {error.resource.plural if error.resource else ''} {error.name}"
+        extra = {"sink": self.name}
+        if first:
+            self.log.warning(
+                "sink %s: Kubernetes API unavailable (%s: %s); retrying with backoff, "
+                "quietly until it answers again",
+                self.name,
+                what.strip(),
+                error,
+                extra=extra,
+            )
+        else:
+            self.log.debug("sink %s: %s failed: %s", self.name, what.strip(), error, extra=extra)
+        return True
+
+    def answered(self, verb: str, resource: Resource, status: int) -> None:
+        """A client listener: any answer but a 5xx ends an outage."""
+        if unavailable(status):
+            return
+        with self._lock:
+            since, self.since = self.since, None
+            writes, reads = self.writes, self.reads
+        if since is None:
+            return
+        self.log.warning(
+            "sink %s: Kubernetes API answers again; it was unavailable for %.1f s: "
+            "%d writes retried, %d reads and watches failed meanwhile",
+            self.name,
+            self.clock() - since,
+            writes,
+            reads,
+            extra={"sink": self.name},
+        )
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -215,6 +303,7 @@ class KubeClient:
             )
             description = f"kubeconfig {kubeconfig or '~/.kube/config'}"
         configuration.connection_pool_maxsize = pool_size
+        configuration.retries = NO_RETRIES
         return cls(k8s.ApiClient(configuration), description=description)
 
     @classmethod
@@ -225,6 +314,7 @@ class KubeClient:
             configuration.api_key = {"authorization": token}
             configuration.api_key_prefix = {"authorization": "Bearer"}
         configuration.connection_pool_maxsize = pool_size
+        configuration.retries = NO_RETRIES
         return cls(k8s.ApiClient(configuration), description=url)
 
     def close(self) -> None:
@@ -269,6 +359,7 @@ class KubeClient:
                 "list": c.list_namespaced_service,
                 "get": c.read_namespaced_service,
                 "patch": c.patch_namespaced_service,
+                "create": c.create_namespaced_service,
                 "delete": c.delete_namespaced_service,
             }
         if resource is Resource.ENDPOINTSLICES:
@@ -277,6 +368,7 @@ class KubeClient:
                 "list": d.list_namespaced_endpoint_slice,
                 "get": d.read_namespaced_endpoint_slice,
                 "patch": d.patch_namespaced_endpoint_slice,
+                "create": d.create_namespaced_endpoint_slice,
                 "delete": d.delete_namespaced_endpoint_slice,
             }
         if resource is Resource.LEASES:
@@ -367,9 +459,13 @@ class KubeClient:
         )
         return result
 
-    def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+    def create(
+        self, resource: Resource, body: dict[str, Any], *, field_manager: str | None = None
+    ) -> dict[str, Any]:
+        """POST: creates, or fails with 409 AlreadyExists (never merges)."""
         meta = body["metadata"]
         func = self._functions(resource)["create"]
+        kwargs = {"field_manager": field_manager} if field_manager else {}
         result: dict[str, Any] = self._call(
             "create",
             resource,
@@ -378,6 +474,7 @@ class KubeClient:
             func,
             meta["namespace"],
             body,
+            **kwargs,
         )
         return result
 

@@ -247,19 +247,75 @@ class NameBook:
 # --- validation ------------------------------------------------------------
 
 
-def address_type(address: str) -> str | None:
-    """``IPv4``, ``IPv6``, ``FQDN``, or ``None`` for something the API server
-    would refuse in any EndpointSlice (an IPv4-mapped or scoped IPv6
-    address, a hostname that is not fully qualified)."""
+_DOTTED_QUAD = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+
+
+def _ip_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``ValidateEndpointIP`` (k8s ``pkg/apis/core/validation``, used by
+    EndpointSlice validation) refuses ``ip``: Go's ``IsUnspecified``,
+    ``IsLoopback``, ``IsLinkLocalUnicast``, ``IsLinkLocalMulticast``, the
+    IPv4 tests applying to IPv4-mapped IPv6 addresses too."""
+    v4 = ip if isinstance(ip, ipaddress.IPv4Address) else ip.ipv4_mapped
+    packed = (v4 or ip).packed
+    if int(v4 or ip) == 0:
+        return "unspecified (0.0.0.0, ::)"
+    if (v4 is not None and packed[0] == 127) or (v4 is None and int(ip) == 1):
+        return "in the loopback range (127.0.0.0/8, ::1/128)"
+    if (v4 is not None and packed[:2] == b"\xa9\xfe") or (
+        v4 is None and packed[0] == 0xFE and packed[1] & 0xC0 == 0x80
+    ):
+        return "in the link-local range (169.254.0.0/16, fe80::/10)"
+    # IPv6: multicast of link-local scope whatever the flags (ff02::/16,
+    # ff12::/16, ...); the API's message says "ff02::/10".
+    if (v4 is not None and packed[:3] == b"\xe0\x00\x00") or (
+        v4 is None and packed[0] == 0xFF and packed[1] & 0x0F == 0x02
+    ):
+        return "in the link-local multicast range (224.0.0.0/24, ffX2::/16)"
+    return None
+
+
+def address_check(address: str) -> tuple[str | None, str]:
+    """The EndpointSlice address type of ``address`` (``IPv4``, ``IPv6``,
+    ``FQDN``) and ``""``, or ``None`` and why the API server would refuse it
+    in any EndpointSlice (kube-apiserver's validation, see
+    :func:`_ip_refusal`), or why it must not be written anyway."""
+    if _DOTTED_QUAD.fullmatch(address):
+        octets = address.split(".")
+        if any(int(o) > 255 for o in octets):
+            return None, "not a valid IPv4 address (Kubernetes would refuse it)"
+        if any(len(o) > 1 and o.startswith("0") for o in octets):
+            # Go's ParseIP of Kubernetes <= 1.29 reads them as decimal, other
+            # tools as octal; newer API servers refuse them.
+            return None, (
+                "an IPv4 address with leading zeros (ambiguous: decimal or octal; "
+                "newer Kubernetes versions refuse it)"
+            )
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return "FQDN" if _FQDN.fullmatch(address.lower().removesuffix(".")) else None
+        if "%" in address and ":" in address:
+            return None, "a zone-scoped IPv6 address (Kubernetes refuses a zone)"
+        if _FQDN.fullmatch(address.lower().removesuffix(".")):
+            return "FQDN", ""
+        return None, "neither an IP address nor a fully qualified hostname Kubernetes accepts"
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None or ip.scope_id is not None:
-            return None
-        return "IPv6"
-    return "IPv4"
+        if ip.scope_id is not None:
+            return None, "a zone-scoped IPv6 address (Kubernetes refuses a zone)"
+        if ip.ipv4_mapped is not None and not _ip_refusal(ip):
+            return None, (
+                "an IPv4-mapped IPv6 address (Kubernetes refuses it in an IPv6 slice; "
+                "register the IPv4 address)"
+            )
+    refusal = _ip_refusal(ip)
+    if refusal:
+        return None, f"Kubernetes refuses endpoint addresses that are {refusal}"
+    return ("IPv6" if isinstance(ip, ipaddress.IPv6Address) else "IPv4"), ""
+
+
+def address_type(address: str) -> str | None:
+    """``IPv4``, ``IPv6``, ``FQDN``, or ``None`` for something the API server
+    would refuse in any EndpointSlice (see :func:`address_check`)."""
+    return address_check(address)[0]
 
 
 def validate(service: DesiredService) -> list[str]:
@@ -349,12 +405,9 @@ def group_endpoints(service: DesiredService) -> tuple[dict[GroupKey, list[Endpoi
     where = f"service {service.namespace}/{service.name}"
     fallback = default_source(service.sources)
     for endpoint in service.endpoints:
-        kind = address_type(endpoint.address)
+        kind, refusal = address_check(endpoint.address)
         if kind is None:
-            problems.append(
-                f"{where}: endpoint address {endpoint.address!r} is neither an IP address "
-                "nor a fully qualified hostname Kubernetes accepts; skipped"
-            )
+            problems.append(f"{where}: instance {endpoint.address!r} left out: {refusal}")
             continue
         # and by source: an endpoint without one is the service's only source's
         group = (kind, service.port_for(endpoint), endpoint.source or fallback)
@@ -473,6 +526,36 @@ def service_object(service: DesiredService, k8s_name: str, owner: str) -> dict[s
         },
         "spec": {"clusterIP": "None", "ports": ports},
     }
+
+
+def claim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The smallest object that claims the name of rendered ``obj``: what the
+    live sink creates (POST, which never merges into an object somebody else
+    made meanwhile) before applying ``obj`` onto it.  It holds only what
+    every later apply writes again unchanged (our labels and owner id, the
+    immutable ``clusterIP`` / ``addressType``), so the create's field owner
+    never keeps a field the apply stops writing."""
+    meta = obj["metadata"]
+    out: dict[str, Any] = {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {
+                k: v
+                for k, v in (meta.get("labels") or {}).items()
+                if k in (*OUR_LABELS, SLICE_MANAGED_BY, SERVICE_NAME_LABEL)
+            },
+            "annotations": {OWNER_ANNOTATION: meta["annotations"][OWNER_ANNOTATION]},
+        },
+    }
+    if obj["kind"] == "Service":
+        out["spec"] = {"clusterIP": obj["spec"]["clusterIP"]}
+    else:
+        out["addressType"] = obj["addressType"]
+        out["endpoints"] = []
+    return out
 
 
 def owner_reference(k8s_name: str, uid: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from consul_sync import Context, DesiredService, Duration, Observed, SinkError, 
 from consul_sync.model import Action, Change, ServiceKey
 
 from . import render as r
-from .client import KubeClient, KubeError, Resource
+from .client import KubeClient, KubeError, Outage, Resource
 from .informer import Informer
 from .leader import LeaderElector, micro_time
 
@@ -294,6 +294,8 @@ class KubernetesSink:
         # The runtime sets context.desired_keys after making its sinks: look it up late.
         self.names = r.NameBook(lambda: context.desired_keys(), self._held)  # noqa: PLW0108
         self.metrics = SinkMetrics.of(context.metrics.registry)
+        #: an API outage is logged once, then summed up when the API is back
+        self.outage = Outage(name, log)
         self.client: KubeClient | None = context.extras.get("kubernetes_client")
         self._own_client = self.client is None
         if self.client is not None:
@@ -525,7 +527,8 @@ class KubernetesSink:
             )
 
     def _watch_error(self, error: KubeError) -> None:
-        self._count_error(error)
+        if self._count_error(error):
+            return  # part of an outage: told once by self.outage
         resource = error.resource.plural if error.resource else "?"
         detail = rbac_hint(error) if error.status == 403 else str(error)
         log.warning(
@@ -831,20 +834,37 @@ class KubernetesSink:
             raise
         return result
 
-    def _count_error(self, error: KubeError) -> None:
+    def _count_error(self, error: KubeError) -> bool:
+        """Count a failed request; whether it is part of an API outage."""
         self.context.metrics.kubernetes_errors.inc()
+        return self.outage.failed(error)
 
     def _count_request(self, verb: str, resource: Resource, status: int) -> None:
         self.metrics.requests.labels(self.name, verb, resource.plural, str(status)).inc()
+        self.outage.answered(verb, resource, status)
 
-    async def _apply_object(self, resource: Resource, body: dict[str, Any], *, force: bool) -> None:
+    async def _apply_object(
+        self, resource: Resource, body: dict[str, Any], *, force: bool, create: bool = False
+    ) -> None:
+        """Apply ``body``; with ``create`` (the watch shows no such object)
+        first claim the name with a POST: a 409 AlreadyExists then makes
+        ``apply`` read the object and classify it, instead of an apply
+        merging into a stranger's object made since the last watch event."""
         assert self.client is not None
         client = self.client
+        informer = self.services if resource is Resource.SERVICES else self.slices
+        assert informer is not None
+        if create:
+            claim = r.claim(body)
+            informer.put(
+                await self._call(
+                    lambda: client.create(resource, claim, field_manager=FIELD_MANAGER),
+                    expected=(409,),
+                )
+            )
         result = await self._call(
             lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
         )
-        informer = self.services if resource is Resource.SERVICES else self.slices
-        assert informer is not None
         informer.put(result)
         if resource is Resource.ENDPOINTSLICES:
             self._index_slices({result["metadata"]["name"]})
@@ -873,6 +893,9 @@ class KubernetesSink:
         if live is not None and not self._ours(live):
             self._view[key] = Observed(key, owned=False)
             await self._tell_conflicts()
+            # (found while writing, e.g. made since the last watch event: plan
+            # the key again so that it shows as the conflict it is)
+            self.context.mark_dirty([key])
             raise SinkError(
                 f"Service {self.namespace}/{k8s_name} exists and is not consul-sync's "
                 f"(owner {self.owner!r}); left alone",
@@ -907,7 +930,9 @@ class KubernetesSink:
             self.metrics.skipped.labels(sink=self.name, what="endpoint").inc()
             log.warning("sink %s: %s", self.name, problem, extra={"sink": self.name})
         if r.differs(rendered.service, live):
-            await self._apply_object(Resource.SERVICES, rendered.service, force=live is not None)
+            await self._apply_object(
+                Resource.SERVICES, rendered.service, force=True, create=live is None
+            )
             live = self.services.store[k8s_name]
         assert live is not None
         uid = _uid(live)
@@ -923,7 +948,7 @@ class KubernetesSink:
         # (Services of this key under an old name are not deleted here: they
         # are view entries of their own, deleted when the planner says so.)
         await gather(
-            partial(self._apply_object, Resource.ENDPOINTSLICES, obj, force=exists)
+            partial(self._apply_object, Resource.ENDPOINTSLICES, obj, force=True, create=not exists)
             for obj, exists in writes
         )
         await gather(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in stale)

@@ -91,7 +91,8 @@ Public API
 history_limit, clock)``; ``url``/``port``/``running``; ``start()``/``stop()`` (context
 manager); ``get``/``list``/``create``/``apply``/``update``/``delete`` (direct access, same
 semantics as the HTTP verbs, raising ``ApiError``); ``resource_version``; ``compact(rv)``;
-``send_bookmarks()``; ``collect_garbage()``; ``deny``/``allow``; ``fail_next(...) -> Fault``;
+``send_bookmarks()``; ``hold_watches()``/``release_watches()``; ``collect_garbage()``;
+``deny``/``allow``; ``fail_next(...) -> Fault``;
 ``clear_faults()``; ``request_log`` (``LoggedRequest``), ``exchanges`` (``Exchange``),
 ``verb_counts``, ``writes()``, ``count(verb, resource)``, ``reset_log()``;
 ``active_watches``/``wait_for_watches(n)``.
@@ -3240,6 +3241,7 @@ class KubeDouble:
         self._faults: builtins.list[Fault] = []
         self._bookmark_epoch = 0
         self._active_watches = 0
+        self._watches_held = False
         self._stopping = False
         self._stop_event = threading.Event()
         self._server: _Server | None = None
@@ -3427,6 +3429,18 @@ class KubeDouble:
         cut = bisect.bisect_right(self._history_rvs, self._compacted)
         del self._history[:cut]
         del self._history_rvs[:cut]
+
+    def hold_watches(self) -> None:
+        """Open watches deliver nothing until :meth:`release_watches` (a lagging
+        watch cache: writes are committed and answered, their events come
+        later, in order; bookmarks wait too)."""
+        with self._cond:
+            self._watches_held = True
+
+    def release_watches(self) -> None:
+        with self._cond:
+            self._watches_held = False
+            self._cond.notify_all()
 
     def send_bookmarks(self) -> None:
         """Make every watch that allowed bookmarks send one now."""
@@ -4751,6 +4765,11 @@ class KubeDouble:
                         now = time.monotonic()
                         if self._stopping or now >= plan.deadline:
                             return
+                        if self._watches_held:
+                            self._cond.wait(0.05)
+                            if client_gone():
+                                return
+                            continue
                         if last < self._compacted:
                             lines = [
                                 go_json(

@@ -669,6 +669,37 @@ def test_watch_through_the_client(kube: KubeDouble, discovery: Any) -> None:
     ]
 
 
+def test_held_watches_deliver_nothing_until_released_then_everything_in_order(
+    kube: KubeDouble, discovery: Any
+) -> None:
+    listed = discovery.list_namespaced_endpoint_slice(NS)
+    events: list[tuple[str, str]] = []
+
+    def consume() -> None:
+        stream = Watch().stream(
+            discovery.list_namespaced_endpoint_slice,
+            NS,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=5,
+        )
+        for event in stream:
+            events.append((event["type"], event["object"].metadata.name))
+            if len(events) == 2:
+                break
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    assert kube.wait_for_watches(1)
+    kube.hold_watches()
+    apply_slice(discovery, slice_body("one"))  # written and answered...
+    discovery.delete_namespaced_endpoint_slice("one", NS)
+    thread.join(timeout=0.5)
+    assert events == []  # ... but not shown yet
+    kube.release_watches()
+    thread.join(timeout=5)
+    assert events == [("ADDED", "one"), ("DELETED", "one")]
+
+
 def test_watch_without_resource_version_starts_with_added_and_ends_at_timeout(
     kube: KubeDouble, discovery: Any
 ) -> None:

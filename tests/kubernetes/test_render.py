@@ -200,6 +200,79 @@ def test_address_types(address: str, kind: str | None) -> None:
     assert r.address_type(address) == kind
 
 
+#: (address, what render makes of it, why it is left out): the classes of
+#: ``ValidateEndpointIP`` and the address-type checks of EndpointSlice validation.
+ADDRESS_CLASSES = [
+    ("10.0.0.1", "IPv4", ""),
+    ("224.0.1.1", "IPv4", ""),  # multicast, but not link-local: accepted
+    ("fd00::1", "IPv6", ""),
+    ("FD00:0:0::1", "IPv6", ""),  # not canonical, but accepted
+    ("ff05::1", "IPv6", ""),  # site-local multicast: accepted
+    ("nas.home.arpa", "FQDN", ""),
+    ("0.0.0.0", None, "unspecified"),
+    ("::", None, "unspecified"),
+    ("127.0.0.1", None, "loopback"),
+    ("127.255.0.9", None, "loopback"),
+    ("::1", None, "loopback"),
+    ("0:0:0:0:0:0:0:1", None, "loopback"),  # ::1 written out
+    ("::ffff:127.0.0.1", None, "loopback"),  # IPv4-mapped loopback
+    ("169.254.1.1", None, "link-local range"),
+    ("169.254.169.254", None, "link-local range"),
+    ("fe80::1", None, "link-local range"),
+    ("febf::1", None, "link-local range"),
+    ("224.0.0.251", None, "link-local multicast"),
+    ("ff02::1", None, "link-local multicast"),
+    ("ff12::fb", None, "link-local multicast"),  # transient flag, link-local scope
+    ("::ffff:10.0.0.1", None, "IPv4-mapped"),
+    ("fe80::1%eth0", None, "zone-scoped"),
+    ("fd00::1%2", None, "zone-scoped"),
+    ("010.0.0.1", None, "leading zeros"),
+    ("300.1.1.1", None, "not a valid IPv4 address"),
+    ("nas", None, "fully qualified"),
+]
+
+
+@pytest.mark.parametrize(("address", "kind", "why"), ADDRESS_CLASSES)
+def test_addresses_endpointslice_validation_refuses_are_left_out_with_the_reason(
+    address: str, kind: str | None, why: str
+) -> None:
+    rendered = r.render(svc(Endpoint("10.9.9.9"), Endpoint(address)))
+    written = [a for s in rendered.slices for e in s["endpoints"] for a in e["addresses"]]
+    if kind is None:
+        assert written == ["10.9.9.9"]
+        assert len(rendered.problems) == 1
+        assert f"service network/web: instance {address!r} left out: " in rendered.problems[0]
+        assert why in rendered.problems[0]
+    else:
+        assert rendered.problems == ()
+        assert {s["addressType"] for s in rendered.slices if address in str(s)} == {kind}
+
+
+@pytest.mark.parametrize(("address", "kind", "why"), ADDRESS_CLASSES)
+def test_address_classes_agree_with_the_api_double(
+    address: str, kind: str | None, why: str
+) -> None:
+    """What render writes, the double (the API server's rules) accepts; what
+    the API server refuses in every slice type, render leaves out."""
+    from tests.fakes.k8s_double import validate_endpoint_slice
+
+    def refused(address_type: str) -> bool:
+        slice_obj = {
+            "metadata": {"name": "s", "namespace": "network"},
+            "addressType": address_type,
+            "endpoints": [{"addresses": [address]}],
+        }
+        return bool(validate_endpoint_slice(slice_obj, None))
+
+    if kind is not None:
+        assert not refused(kind)
+    elif why not in ("IPv4-mapped", "leading zeros", "not a valid IPv4 address"):
+        # (those three: ours to refuse; an FQDN or IPv4 slice of 1.24 takes them)
+        assert refused("IPv4") and refused("IPv6")
+        if not r._DOTTED_QUAD.fullmatch(address):  # an FQDN slice takes "0.0.0.0"
+            assert refused("FQDN")
+
+
 def test_invalid_addresses_are_skipped_with_a_reason_and_hostnames_lowercased() -> None:
     rendered = r.render(svc(Endpoint("10.0.0.1"), Endpoint("nas"), Endpoint("NAS.Home.Arpa")))
     assert [s["endpoints"][0]["addresses"] for s in rendered.slices] == [
@@ -307,7 +380,10 @@ _port_names = st.from_regex(r"[a-z]([-a-z0-9]{0,8}[a-z0-9])?", fullmatch=True)
 _label = st.from_regex(r"[a-z]{1,6}(\.io/[a-z]{1,6})?", fullmatch=True)
 _ipv6 = st.ip_addresses(v=6).filter(lambda ip: ip.ipv4_mapped is None).map(str)
 _fqdn = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?(\.[a-z]{1,6}){1,3}", fullmatch=True)
-_address = st.one_of(st.ip_addresses(v=4).map(str), _ipv6, _fqdn)
+# (addresses the API server accepts: no loopback, link-local... see ADDRESS_CLASSES)
+_address = st.one_of(st.ip_addresses(v=4).map(str), _ipv6, _fqdn).filter(
+    lambda a: r.address_type(a) is not None
+)
 _text = st.text(alphabet="abcdefghij-0123456789", min_size=1, max_size=8)
 
 

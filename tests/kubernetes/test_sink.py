@@ -46,14 +46,22 @@ async def test_creates_a_headless_service_and_slices_the_seed_commands_show(
     assert slice_obj is not None
     assert slice_obj["metadata"]["ownerReferences"][0]["uid"] == svc["metadata"]["uid"]
     assert [e["conditions"]["ready"] for e in slice_obj["endpoints"]] == [True, False]
-    # server-side apply, field manager consul-sync
-    assert {(w.method, w.query.get("fieldManager"), w.content_type) for w in kube.writes()} == {
-        ("PATCH", "consul-sync", "application/apply-patch+yaml")
+    # each new object: a POST claims the name (never merging into somebody
+    # else's), then server-side apply, field manager consul-sync
+    assert [(w.method, w.path.rsplit("/", 1)[-1]) for w in kube.writes()] == [
+        ("POST", "services"),
+        ("PATCH", "web"),
+        ("POST", "endpointslices"),
+        ("PATCH", "web-v4-8080"),
+    ]
+    assert {w.query.get("fieldManager") for w in kube.writes()} == {"consul-sync"}
+    assert {w.content_type for w in kube.writes() if w.method == "PATCH"} == {
+        "application/apply-patch+yaml"
     }
     assert rig.sink._view[web.key].service == web
     # the watch-fed view answers every question: no GET per object
     assert kube.count("get") == 0
-    assert {e.verb for e in kube.exchanges} <= {"list", "watch", "patch"}
+    assert {e.verb for e in kube.exchanges} <= {"list", "watch", "create", "patch"}
 
 
 async def test_labels_the_service_stops_carrying_are_removed(kube: KubeDouble) -> None:
@@ -251,8 +259,18 @@ async def test_a_foreign_slice_with_our_slice_name_is_left_alone(kube: KubeDoubl
     )
     before = kube.get(SLICES, NS, "web-v4-8080")
     rig = make_sink(kube)
-    await rig.sync([service("web", "10.0.0.1")])  # 409 (not ours), read again, another name
-    assert [e.status for e in kube.exchanges if e.verb == "patch"] == [201, 409, 201]
+    # the POST claiming the slice's name: 409 AlreadyExists, read, not ours, another name
+    await rig.sync([service("web", "10.0.0.1")])
+    assert [(e.verb, e.name, e.status) for e in kube.exchanges if e.verb != "watch"] == [
+        ("list", "", 200),
+        ("list", "", 200),
+        ("create", "", 201),
+        ("patch", "web", 200),
+        ("create", "", 409),
+        ("get", "web-v4-8080", 200),
+        ("create", "", 201),
+        ("patch", "web-v4-8080-2", 200),
+    ]
     assert kube.get(SLICES, NS, "web-v4-8080") == before
     assert names(kube, SLICES, OURS) == ["web-v4-8080-2"]
     assert (await rig.sync([service("web", "10.0.0.1")])).empty
