@@ -26,11 +26,20 @@ class SinkError(ConsulSyncError):
     way (an invalid object, a foreign object in the way): the runtime
     reports it and moves on until the desired state changes.
     ``retry_after`` is a server's hint in seconds, if it gave one.
+    ``reported`` True means the sink has already told the operator about
+    the cause (e.g. one line for a whole API outage): the runtime then logs
+    the failed write at debug level only, so an outage is one line.
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        reported: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.reported = reported

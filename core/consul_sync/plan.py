@@ -303,8 +303,11 @@ def keep_contributions(
 
     An unreachable source's endpoints (and ports) are not *removed* on its
     behalf: removing them is a delete for that source, and nothing is
-    deleted for a source that has not answered.
+    deleted for a source that has not answered.  A source that contributes
+    to ``want`` itself answered for this service (its last known reading is
+    in ``want``): what it says now stands.
     """
+    incomplete = frozenset(s for s in incomplete if s not in want.sources)
     present = {(e.address, want.port_for(e)) for e in want.endpoints}
     names = {port.name for port in want.ports}
     primary = want.ports[0].port if want.ports else None

@@ -74,6 +74,8 @@ class SinkState:
     #: failed writes it has seen (one log line per episode, one summary).
     failing_since: float | None = None
     failed_writes: int = 0
+    #: Whether this episode was logged here (not only by the sink).
+    told: bool = False
 
 
 @attrs.define
@@ -170,12 +172,26 @@ class Runtime:
         self.snapshots[name] = snapshot
         self.metrics.source_services.labels(source=name).set(len(services))
         self.metrics.source_complete.labels(source=name).set(1 if snapshot.complete else 0)
+        if snapshot.complete and previous is not None and not previous.complete:
+            # What the sinks kept on this source's behalf while it was
+            # incomplete (its share of merged services, withheld deletes)
+            # is planned again now that it answered.
+            changed |= self._held_for(name)
         if snapshot.complete and name not in self.ever_complete:
             self.ever_complete.add(name)
             if self._all_sources_complete_once():
                 self._full_requested = True
         self.mark_dirty(changed)
         return changed
+
+    def _held_for(self, source: str) -> set[ServiceKey]:
+        """Keys a sink holds on behalf of ``source`` (or of an unknown one)."""
+        return {
+            key
+            for state in self.states.values()
+            for key, observed in (state.view or {}).items()
+            if observed.owned and (observed.sources is None or source in observed.sources)
+        }
 
     def mark_dirty(self, keys: Iterable[ServiceKey]) -> None:
         now = self.clock()
@@ -532,7 +548,9 @@ class Runtime:
                 try:
                     await sink.apply(change)
                 except SinkError as exc:
-                    self._failed(state, change, str(exc), exc.retryable, exc.retry_after)
+                    self._failed(
+                        state, change, str(exc), exc.retryable, exc.retry_after, exc.reported
+                    )
                     failed[change.key] = str(exc)
                     return
                 except Exception as exc:
@@ -580,6 +598,7 @@ class Runtime:
         message: str,
         retryable: bool,
         retry_after: float | None,
+        reported: bool = False,
     ) -> None:
         name = state.sink.name
         self.metrics.applies.labels(sink=name, action=change.action.value, status="error").inc()
@@ -605,9 +624,12 @@ class Runtime:
         state.failed_writes += 1
         # One line per outage, not per write and attempt: the first failure
         # says what happened, the rest go to debug, the recovery sums up.
-        first = state.failing_since is None
-        if first:
+        if state.failing_since is None:
             state.failing_since = self.clock()
+            state.told = False
+        # What the sink has reported itself (an API outage) is not told twice.
+        first = not state.told and not reported
+        state.told = state.told or first
         (log.warning if first else log.debug)(
             "sink %s: %s %s/%s failed (attempt %d), retrying in %.1fs: %s%s",
             name,
@@ -623,6 +645,9 @@ class Runtime:
     def _recovered(self, state: SinkState) -> None:
         """Once no write of the sink is failing any more: the summary line."""
         if state.failing_since is None or any(key in state.retries for key in state.failing):
+            return
+        if not state.told:  # the sink told it, and sums it up itself
+            state.failing_since, state.failed_writes = None, 0
             return
         log.info(
             "sink %s: writes succeed again after %.1fs; %d failed writes were retried",

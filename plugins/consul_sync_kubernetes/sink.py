@@ -55,7 +55,7 @@ from consul_sync import Context, DesiredService, Duration, Observed, SinkError, 
 from consul_sync.model import Action, Change, ServiceKey
 
 from . import render as r
-from .client import KubeClient, KubeError, Outage, Resource
+from .client import KubeClient, KubeError, Outage, Resource, unavailable
 from .informer import Informer
 from .leader import LeaderElector, micro_time
 
@@ -1046,6 +1046,8 @@ class KubernetesSink:
             return SinkError(
                 f"{service}: Kubernetes API busy or unreachable ({error}); backing off",
                 retry_after=error.retry_after,
+                # an outage is told once, by self.outage
+                reported=unavailable(error.status),
             )
         if error.status == 409:
             return SinkError(f"{service}: {what} keeps changing under us ({error}); retrying")

@@ -34,7 +34,7 @@ DEADLINE = 10.0
 #: Most errors the source may count in an idle second while Consul fails:
 #: three watches backing off (0.05 s doubling to 0.3 s, jittered) make a
 #: handful each; a busy loop makes thousands.
-MAX_ERRORS_PER_IDLE_SECOND = 40
+MAX_ERRORS_PER_IDLE_SECOND = 100
 
 SERVICES = {"web": "10.1.0.11", "db": "10.1.0.20", "api": "10.1.0.30", "cache": "10.1.0.40"}
 READ_RULES = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'

@@ -254,6 +254,13 @@ async def test_one_of_two_merged_sources_unreachable_mid_run() -> None:
         assert ("network", "only-dc2") in dst.owned()
         assert dst.count(Action.DELETE) == 0
         assert await idle_passes(app, 0.5) == 0
+        # the second agent answers again (complete) and has neither any more:
+        # its share goes now, without waiting for the resync
+        await second.push([])
+        await until(lambda: ("network", "only-dc2") not in dst.owned())
+        await until(
+            lambda: [e.address for e in dst.owned()[("network", "web")].endpoints] == ["10.0.1.7"]
+        )
         app.runtime.stop()
 
 
@@ -301,3 +308,23 @@ async def test_an_outage_logs_one_line_and_a_summary(caplog) -> None:
     assert len(warnings) == 1
     summaries = [r.getMessage() for r in caplog.records if "succeed again" in r.getMessage()]
     assert len(summaries) == 1 and "failed writes were retried" in summaries[0]
+
+
+async def test_what_the_sink_reported_itself_is_not_told_again(caplog) -> None:
+    """A sink that tells an outage in its own words (SinkError.reported):
+    the runtime keeps the failed writes at debug and adds no summary."""
+    app = fake_app(retry_base="20ms", retry_max="50ms")
+    src, dst = source(app), sink(app)
+    dst.failures[KEY] = SinkError("API unavailable", retryable=True, reported=True)
+    src.services = {KEY: service("flaky", "10.0.0.1")}
+    with caplog.at_level("DEBUG", logger="consul_sync.runtime"):
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.runtime.run)
+            await until(lambda: len(app.runtime.states["sink"].retries) == 1)
+            await anyio.sleep(0.2)
+            dst.failures.clear()
+            await until(lambda: KEY in dst.owned())
+            app.runtime.stop()
+    failures = [r for r in caplog.records if "failed (attempt" in r.msg]
+    assert failures and all(r.levelname == "DEBUG" for r in failures)
+    assert not any("succeed again" in r.getMessage() for r in caplog.records)
