@@ -283,6 +283,12 @@ class Model:
         self.ever_gone: set[str] = set()  # k8s names that left Consul at some point
         self.casing_renamed: set[str] = set()  # k8s names whose Consul name changed case
         self.ops: collections.Counter[str] = collections.Counter()
+        #: k8s name -> what the churn did to it (time since churn start, op, phase)
+        self.history: dict[str, list[str]] = collections.defaultdict(list)
+        self.clock: Callable[[], str] = lambda: "setup"
+
+    def note(self, name: str, what: str) -> None:
+        self.history[name.lower()].append(f"{self.clock()} {what}")
 
     def address(self) -> str:
         self.address_counter += 1
@@ -479,6 +485,23 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
     return previous_bound
 
 
+def busy_windows(samples: list[tuple[float, int, str]], limit: float) -> dict[str, Any]:
+    """Reconcile passes per second over 1 s windows; the phases where it exceeded ``limit``."""
+    peak, by_phase = 0.0, collections.Counter()
+    for i, (t0, p0, _) in enumerate(samples):
+        j = i
+        while j < len(samples) - 1 and samples[j][0] - t0 < 1.0:
+            j += 1
+        t1, p1, phase = samples[j]
+        if t1 - t0 < 0.9:
+            break
+        rate = (p1 - p0) / (t1 - t0)
+        peak = max(peak, rate)
+        if rate > limit:
+            by_phase[samples[i][2]] += 1
+    return {"peak": peak, "phases": dict(by_phase)}
+
+
 class LogTally(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -585,6 +608,7 @@ class Churn:
         self.faults: collections.Counter[str] = collections.Counter()
         self.fault_log: list[str] = []
         self.stop = threading.Event()
+        self.phase = "churn"
 
     # churn operations: each returns a list of batch ops for the Consul double
     def _pick(self, tagged_only: bool = True, multi: bool = False) -> dict[str, Any] | None:
@@ -605,6 +629,7 @@ class Churn:
             [x for x in ("passing", "critical", "warning") if x != inst["status"]]
         )
         self.soak.consul.call("set_check", f"service:{sid}", inst["status"])
+        self.model.note(s["name"], f"flip {sid} -> {inst['status']}")
 
     def op_reregister(self) -> None:
         s = self._pick()
@@ -618,10 +643,13 @@ class Churn:
         if "port" in what:
             inst["port"] = self.rng.choice((8080, 9000, 9090, 443))
         inst["meta"] = {"rev": str(int(inst["meta"]["rev"]) + 1)}
+        self.model.note(s["name"], f"re-register {sid} ({what})")
         self._register([("register", Model.definition(s["name"], sid, inst, s["tagged"]))])
 
     def op_register(self) -> None:
-        self._register(self.model.add_service(self.model.new_name("new")))
+        name = self.model.new_name("new")
+        self._register(self.model.add_service(name))
+        self.model.note(name, "register")
 
     def op_add_instance(self) -> None:
         s = self._pick()
@@ -635,6 +663,7 @@ class Churn:
             "status": "passing",
         }
         s["inst"][sid] = inst
+        self.model.note(s["name"], f"add instance {sid}")
         self._register([("register", Model.definition(s["name"], sid, inst, s["tagged"]))])
 
     def op_deregister_instance(self) -> None:
@@ -643,6 +672,7 @@ class Churn:
             return
         sid = self.rng.choice(sorted(s["inst"]))
         del s["inst"][sid]
+        self.model.note(s["name"], f"deregister instance {sid}")
         self._register([("deregister", sid)])
 
     def op_deregister_service(self) -> None:
@@ -652,6 +682,7 @@ class Churn:
         del self.model.services[s["name"].lower()]
         if s["tagged"]:
             self.model.ever_gone.add(s["name"].lower())
+        self.model.note(s["name"], "deregister service")
         self._register([("deregister", sid) for sid in s["inst"]])
 
     def _rename(self, s: dict[str, Any], new: str) -> None:
@@ -659,6 +690,9 @@ class Churn:
         del self.model.services[old.lower()]
         s["name"] = new
         self.model.services[new.lower()] = s
+        self.model.note(old, f"rename {old} -> {new}")
+        if new.lower() != old.lower():
+            self.model.note(new, f"rename {old} -> {new}")
         self._register(
             [("register", Model.definition(new, sid, i, s["tagged"])) for sid, i in s["inst"].items()]
         )
@@ -740,6 +774,7 @@ class Churn:
 
     def run(self) -> None:
         self.started = time.monotonic()
+        self.model.clock = lambda: f"{time.monotonic() - self.started:5.1f}s [{self.phase}]"
         end = self.started + self.seconds
         names, weights = zip(*self.OPS, strict=True)
         kinds = self.faults_plan()
@@ -758,9 +793,11 @@ class Churn:
             if ending is not None and now >= ending[0]:
                 ending[1]()
                 ending = None
+                self.phase = f"churn (after {self.phase.split()[0]})"
             if ending is None and schedule and now >= schedule[0][0]:
                 _, kind = schedule.pop(0)
                 ending = (now + duration, self.fault_start(kind, duration))
+                self.phase = kind
             if now >= next_op:
                 name = self.rng.choices(names, weights)[0]
                 getattr(self, name)()
@@ -841,18 +878,30 @@ class Soak:
 
                 # --- churn and faults
                 churn = Churn(self, args.seconds, args.rate)
-                await self.call(churn.run)
+                samples: list[tuple[float, int, str]] = []
+
+                async def sample() -> None:
+                    while True:
+                        samples.append((time.monotonic(), runtime.passes, churn.phase))
+                        await anyio.sleep(0.25)
+
+                async with anyio.create_task_group() as sampler:
+                    sampler.start_soon(sample)
+                    await self.call(churn.run)
+                    churn.phase = "convergence"
+                    took, problems = await self.wait_converged(args.converge_timeout, 0.5)
+                    churn.phase = "settling"
+                    await anyio.sleep(2.0)
+                    sampler.cancel_scope.cancel()
+                out["busy"] = busy_windows(samples, args.busy_passes)
                 for line in churn.fault_log:
                     print(f"  fault at {line}")
 
-                # --- convergence
-                took, problems = await self.wait_converged(args.converge_timeout, 0.5)
                 out["converge"] = took
                 hist1 = histogram(app.metrics, "consul_sync_change_to_apply_seconds")
                 out["passes_soak"] = runtime.passes - passes0
                 out["requests_soak"] = await self.call(self.kube.fn, "kube_count") - requests0
-                # let trailing watch events arrive, then measure idle
-                await anyio.sleep(2.0)
+                # (trailing watch events arrived while settling) measure idle
                 passes1 = runtime.passes
                 kube1 = await self.call(self.kube.fn, "kube_count")
                 consul1 = (await self.call(self.consul.fn, "consul_stats"))["requests"]
@@ -949,6 +998,17 @@ class Soak:
         )
         if recreated:
             failures.append(f"Services re-created (new uid) without a reported delete: {recreated[:5]}")
+        busy = out["busy"]
+        print(
+            f"reconcile passes per second (1 s windows, soak+convergence): peak "
+            f"{busy['peak']:.0f}/s; windows above {args.busy_passes:g}/s by phase: "
+            f"{busy['phases'] or 'none'}"
+        )
+        if busy["phases"]:
+            failures.append(
+                f"busy loop: more than {args.busy_passes:g} reconcile passes/s (peak "
+                f"{busy['peak']:.0f}/s) in phases {busy['phases']} (0.25 s samples)"
+            )
         # idle
         print(
             f"idle ({args.idle:.0f}s after convergence): CPU {out['idle_cpu']:.2f} % of one core, "
@@ -1019,6 +1079,15 @@ class Soak:
             print(f"FAILED ({len(failures)} checks):")
             for failure in failures:
                 print(f"  - {failure}")
+            keys = sorted({k for keys in final.values() for k in keys})
+            keys = [k.split(":")[0] for k in keys] + wrong_case + wrong_other + recreated
+            shown = list(dict.fromkeys(keys))[: args.show_history]
+            if shown:
+                print("history of some keys involved (time since churn start [phase]):")
+            for key in shown:
+                print(f"  {key}:")
+                for line in self.model.history.get(key, ["(never touched by the churn)"]):
+                    print(f"    {line}")
             return 1
         print("OK: every check passed")
         return 0
@@ -1052,11 +1121,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of the churn")
     parser.add_argument("--rate", type=float, default=None, help="churn operations per second")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="a ~15 s run: 100 services, 8 s churn")
+    parser.add_argument("--quick", action="store_true", help="a ~15 s run: 100 services, 8 s churn, 45 s convergence limit")
     parser.add_argument("--fault-seconds", type=float, default=4.0, help="how long each fault lasts")
     parser.add_argument("--converge-timeout", type=float, default=180.0)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured")
     parser.add_argument("--idle-cpu-limit", type=float, default=5.0, help="percent of one core")
+    parser.add_argument(
+        "--busy-passes", type=float, default=50.0, help="passes/s taken for a busy loop"
+    )
     parser.add_argument("--probes", type=int, default=10, help="end-to-end flip probes")
     parser.add_argument("--max-prune-fraction", type=float, default=0.5)
     parser.add_argument("--resync", default="", help="resync_interval (default: consul-sync's)")
@@ -1064,6 +1136,7 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="another global setting"
     )
     parser.add_argument("--log", default="/tmp/consul-sync-soak.log", help="consul-sync's log")
+    parser.add_argument("--show-history", type=int, default=6, help="keys whose history is shown")
     parser.add_argument("--show-log", type=int, default=8, help="most frequent warnings shown")
     args = parser.parse_args()
     if args.quick:
@@ -1074,6 +1147,8 @@ def main() -> None:
         if "--fault-seconds" not in sys.argv:
             args.fault_seconds = 1.0
         args.idle = min(args.idle, 3.0)
+        if "--converge-timeout" not in sys.argv:
+            args.converge_timeout = 45.0
         args.probes = min(args.probes, 5)
     if args.rate is None:
         args.rate = max(5.0, min(50.0, args.services / 50))
