@@ -53,12 +53,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consul_sync.cli import App, build_app  # noqa: E402
-from consul_sync.config import load_settings  # noqa: E402
-from consul_sync.metrics import Metrics  # noqa: E402
-from consul_sync.plugins import collect_types, make_plugin_manager  # noqa: E402
-from consul_sync.registry import Context  # noqa: E402
-from consul_sync_kubernetes.client import KubeClient  # noqa: E402
+from consul_sync.cli import App, build_app
+from consul_sync.config import load_settings
+from consul_sync.metrics import Metrics
+from consul_sync.plugins import collect_types, make_plugin_manager
+from consul_sync.registry import Context
+from consul_sync_kubernetes.client import KubeClient
 
 NS = "network"
 TAG = "kubernetes"
@@ -321,9 +321,10 @@ class Model:
     def add_service(self, name: str, tagged: bool = True, count: int | None = None) -> list[Any]:
         count = count or self.rng.choice((1, 2, 2, 3, 3))
         port = self.rng.choice((8080, 8080, 9000, 443))
-        service = {"name": name, "tagged": tagged, "inst": {}}
+        instances: dict[str, dict[str, Any]] = {}
+        service: dict[str, Any] = {"name": name, "tagged": tagged, "inst": instances}
         for i in range(count):
-            service["inst"][f"{name.lower()}-{i + 1}"] = {
+            instances[f"{name.lower()}-{i + 1}"] = {
                 "address": self.address(),
                 "port": port,
                 "meta": {"rev": "0"},
@@ -332,15 +333,13 @@ class Model:
         self.services[name.lower()] = service
         return [
             ("register", self.definition(name, sid, inst, tagged))
-            for sid, inst in service["inst"].items()
+            for sid, inst in instances.items()
         ]
 
     def expected(self) -> dict[str, Any]:
         return expected_of(
             {
-                s["name"]: [
-                    (i["address"], i["port"], i["status"]) for i in s["inst"].values()
-                ]
+                s["name"]: [(i["address"], i["port"], i["status"]) for i in s["inst"].values()]
                 for s in self.services.values()
                 if s["tagged"]
             }
@@ -390,7 +389,9 @@ def consul_expected(url: str) -> dict[str, Any]:
     return expected_of(services)
 
 
-def diff(expected: dict[str, Any], observed: tuple[dict[str, Any], dict[str, list[Any]]]):
+def diff(
+    expected: dict[str, Any], observed: tuple[dict[str, Any], dict[str, list[Any]]]
+) -> dict[str, list[str]]:
     """Problems by kind -> example keys (empty: converged)."""
     services, slices = observed
     problems: dict[str, list[str]] = collections.defaultdict(list)
@@ -487,12 +488,12 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 
 def busy_windows(samples: list[tuple[float, int, str]], limit: float) -> dict[str, Any]:
     """Reconcile passes per second over 1 s windows; the phases where it exceeded ``limit``."""
-    peak, by_phase = 0.0, collections.Counter()
+    peak, by_phase = 0.0, collections.Counter[str]()
     for i, (t0, p0, _) in enumerate(samples):
         j = i
         while j < len(samples) - 1 and samples[j][0] - t0 < 1.0:
             j += 1
-        t1, p1, phase = samples[j]
+        t1, p1, _ = samples[j]
         if t1 - t0 < 0.9:
             break
         rate = (p1 - p0) / (t1 - t0)
@@ -694,7 +695,10 @@ class Churn:
         if new.lower() != old.lower():
             self.model.note(new, f"rename {old} -> {new}")
         self._register(
-            [("register", Model.definition(new, sid, i, s["tagged"])) for sid, i in s["inst"].items()]
+            [
+                ("register", Model.definition(new, sid, i, s["tagged"]))
+                for sid, i in s["inst"].items()
+            ]
         )
 
     def op_rename_case(self) -> None:
@@ -755,9 +759,7 @@ class Churn:
             soak.consul_requests_before_reset += soak.consul.fn("consul_stats")["requests"]
             port = soak.consul.port
             soak.consul.close()
-            soak.consul = Remote(
-                "consul", self.model.definitions(), port=port, seed=soak.args.seed
-            )
+            soak.consul = Remote("consul", self.model.definitions(), port=port, seed=soak.args.seed)
             after = soak.consul.fn("consul_stats")["index"]
             self.fault_log[-1] += f" index {before} -> {after}"
             return lambda: None
@@ -828,7 +830,9 @@ class Soak:
     async def observed(self) -> Any:
         return await self.call(self.kube.fn, "kube_observed")
 
-    async def wait_converged(self, limit: float, step: float) -> tuple[float | None, dict]:
+    async def wait_converged(
+        self, limit: float, step: float
+    ) -> tuple[float | None, dict[str, list[str]]]:
         started = time.monotonic()
         problems: dict[str, list[str]] = {}
         while time.monotonic() - started < limit:
@@ -911,9 +915,9 @@ class Soak:
                 out["idle_cpu"] = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
                 out["idle_passes"] = runtime.passes - passes1
                 out["idle_kube"] = await self.call(self.kube.fn, "kube_count") - kube1
-                out["idle_consul"] = (
-                    await self.call(self.consul.fn, "consul_stats")
-                )["requests"] - consul1
+                out["idle_consul"] = (await self.call(self.consul.fn, "consul_stats"))[
+                    "requests"
+                ] - consul1
                 out["rss_after"] = rss_mib()
 
                 # --- end-to-end probes: a health flip -> the API double shows it
@@ -985,7 +989,8 @@ class Soak:
             )
         if wrong_other:
             failures.append(
-                f"Services deleted that never left Consul: {len(wrong_other)}, e.g. {wrong_other[:5]}"
+                f"Services deleted that never left Consul: {len(wrong_other)}, "
+                f"e.g. {wrong_other[:5]}"
             )
         # uid stability of services that never left Consul
         recreated = sorted(
@@ -997,7 +1002,9 @@ class Soak:
             and n not in wrong  # already reported
         )
         if recreated:
-            failures.append(f"Services re-created (new uid) without a reported delete: {recreated[:5]}")
+            failures.append(
+                f"Services re-created (new uid) without a reported delete: {recreated[:5]}"
+            )
         busy = out["busy"]
         print(
             f"reconcile passes per second (1 s windows, soak+convergence): peak "
@@ -1032,7 +1039,10 @@ class Soak:
         )
         p50, p99 = quantile(hist0, hist1, 0.5), quantile(hist0, hist1, 0.99)
         n_obs = (hist1.get(float("inf"), 0) - hist0.get(float("inf"), 0)) if hist1 else 0
-        fmt = lambda v: "n/a" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
+
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{v * 1000:.0f} ms"
+
         print(
             f"change-to-apply (consul_sync_change_to_apply_seconds, during soak, n={n_obs:.0f}): "
             f"p50 {fmt(p50)}, p99 {fmt(p99)}"
@@ -1063,8 +1073,7 @@ class Soak:
             + ")"
         )
         print(
-            f"consul-sync log: {dict(tally.levels)}; unexpected exceptions: "
-            f"{len(tally.exceptions)}"
+            f"consul-sync log: {dict(tally.levels)}; unexpected exceptions: {len(tally.exceptions)}"
         )
         for text, count in tally.messages.most_common(args.show_log):
             print(f"  {count:5d} x {text}")
@@ -1121,8 +1130,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of the churn")
     parser.add_argument("--rate", type=float, default=None, help="churn operations per second")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="a ~15 s run: 100 services, 8 s churn, 45 s convergence limit")
-    parser.add_argument("--fault-seconds", type=float, default=4.0, help="how long each fault lasts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a ~15 s run: 100 services, 8 s churn, 45 s convergence limit",
+    )
+    parser.add_argument(
+        "--fault-seconds", type=float, default=4.0, help="how long each fault lasts"
+    )
     parser.add_argument("--converge-timeout", type=float, default=180.0)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured")
     parser.add_argument("--idle-cpu-limit", type=float, default=5.0, help="percent of one core")
