@@ -486,6 +486,22 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
     return previous_bound
 
 
+def spin_state(runtime: Any) -> str:
+    """What the reconciler had to do (private state, for diagnosis only)."""
+    now = runtime.clock()
+    parts = [f"dirty {len(getattr(runtime, '_dirty', {}))}"]
+    parts.append(f"full_requested {getattr(runtime, '_full_requested', '?')}")
+    for name, state in runtime.states.items():
+        due = sorted(k[1] for k, r in state.retries.items() if r.due <= now)
+        parts.append(
+            f"{name}: {len(state.retries)} retries ({len(due)} due, e.g. {due[:3]}), "
+            f"failing {sorted(k[1] for k in state.failing)[:3]}, "
+            f"rejected {sorted(k[1] for k in state.rejected)[:3]}, "
+            f"withheld {sorted(k[1] for k in state.withheld)[:3]}"
+        )
+    return "; ".join(parts)
+
+
 def busy_windows(samples: list[tuple[float, int, str]], limit: float) -> dict[str, Any]:
     """Reconcile passes per second over 1 s windows; the phases where it exceeded ``limit``."""
     peak, by_phase = 0.0, collections.Counter[str]()
@@ -884,9 +900,15 @@ class Soak:
                 churn = Churn(self, args.seconds, args.rate)
                 samples: list[tuple[float, int, str]] = []
 
+                spins: list[str] = []
+
                 async def sample() -> None:
                     while True:
                         samples.append((time.monotonic(), runtime.passes, churn.phase))
+                        if len(samples) > 1 and samples[-1][1] - samples[-2][1] > 0.25 * (
+                            args.busy_passes
+                        ):
+                            spins.append(f"[{churn.phase}] {spin_state(runtime)}")
                         await anyio.sleep(0.25)
 
                 async with anyio.create_task_group() as sampler:
@@ -898,6 +920,7 @@ class Soak:
                     await anyio.sleep(2.0)
                     sampler.cancel_scope.cancel()
                 out["busy"] = busy_windows(samples, args.busy_passes)
+                out["spins"] = spins
                 for line in churn.fault_log:
                     print(f"  fault at {line}")
 
@@ -1011,6 +1034,8 @@ class Soak:
             f"{busy['peak']:.0f}/s; windows above {args.busy_passes:g}/s by phase: "
             f"{busy['phases'] or 'none'}"
         )
+        for line in list(dict.fromkeys(out["spins"]))[:3]:
+            print(f"  while spinning: {line}")
         if busy["phases"]:
             failures.append(
                 f"busy loop: more than {args.busy_passes:g} reconcile passes/s (peak "
