@@ -282,6 +282,7 @@ class Model:
         self.name_counter = 0
         self.ever_gone: set[str] = set()  # k8s names that left Consul at some point
         self.casing_renamed: set[str] = set()  # k8s names whose Consul name changed case
+        self.known: set[str] = set()  # every k8s name Consul ever held
         self.ops: collections.Counter[str] = collections.Counter()
         #: k8s name -> what the churn did to it (time since churn start, op, phase)
         self.history: dict[str, list[str]] = collections.defaultdict(list)
@@ -331,6 +332,7 @@ class Model:
                 "status": self.rng.choice(("passing", "passing", "passing", "critical")),
             }
         self.services[name.lower()] = service
+        self.known.add(name.lower())
         return [
             ("register", self.definition(name, sid, inst, tagged))
             for sid, inst in instances.items()
@@ -707,6 +709,7 @@ class Churn:
         del self.model.services[old.lower()]
         s["name"] = new
         self.model.services[new.lower()] = s
+        self.model.known.add(new.lower())
         self.model.note(old, f"rename {old} -> {new}")
         if new.lower() != old.lower():
             self.model.note(new, f"rename {old} -> {new}")
@@ -997,12 +1000,17 @@ class Soak:
             failures.append(f"writes to foreign objects: {klog['foreign_writes'][:5]}")
         # deletes of services that never left Consul
         deleted = collections.Counter(n for n, status in klog["service_deletes"] if status < 300)
-        wrong = sorted(n for n in deleted if n not in self.model.ever_gone)
+        wrong = sorted(
+            n for n in deleted if n in self.model.known and n not in self.model.ever_gone
+        )
+        # names Consul never had: objects under a collision name (hash suffix)
+        suffixed = sorted(n for n in deleted if n not in self.model.known)
         wrong_case = [n for n in wrong if n in self.model.casing_renamed]
         wrong_other = [n for n in wrong if n not in self.model.casing_renamed]
         print(
             f"Service deletes: {sum(deleted.values())} ({len(deleted)} names); of names that "
-            f"never left Consul: {len(wrong)} ({len(wrong_case)} after a casing rename)"
+            f"never left Consul: {len(wrong)} ({len(wrong_case)} after a casing rename); "
+            f"of names Consul never had (collision hash suffix): {len(suffixed)} {suffixed[:3]}"
         )
         if wrong_case:
             failures.append(
