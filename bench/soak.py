@@ -1042,7 +1042,8 @@ class Soak:
             f"{busy['peak']:.0f}/s; windows above {args.busy_passes:g}/s by phase: "
             f"{busy['phases'] or 'none'}"
         )
-        for line in list(dict.fromkeys(out["spins"]))[:3]:
+        spin_lines = list(dict.fromkeys(out["spins"]))
+        for line in spin_lines[:2] + spin_lines[2:][-1:]:  # the first ones and the last
             print(f"  while spinning: {line}")
         if busy["phases"]:
             failures.append(
