@@ -139,15 +139,21 @@ def assign_names(keys: Iterable[Key], held: Mapping[Key, Key] | None = None) -> 
 
     1. A name that is a DNS-1035 label already is the Kubernetes name,
        always.
-    2. A sanitised key that holds an object of ours keeps that object's
-       name while it is desired (sticky), unless a name of rule 1 claims it.
-    3. Other sanitised keys get their sanitised name (:func:`sanitize`)
-       when it is free: claimed by no name of rules 1-2, not held by an
-       object of ours that stands for another desired key, and wanted by no
-       other newcomer.  Otherwise they get :func:`suffixed` (a collision).
+    2. A sanitised key that holds an object of ours under its sanitised
+       name (:func:`sanitize`) keeps it while desired, unless a name of
+       rule 1 claims it.
+    3. Other sanitised keys get their sanitised name when it is free:
+       claimed by no name of rules 1-2, not held by an object of ours that
+       stands for another desired key, and wanted by no other key of this
+       rule.  Otherwise a key that holds an object of ours under another
+       name (a suffixed one) keeps it (sticky), and a newcomer gets
+       :func:`suffixed` (a collision).
 
-    So an existing object is never renamed because a newcomer arrived, and
-    the result depends on the keys and the holdings, not on their order.
+    So an existing object is never renamed because a newcomer arrived; a
+    suffix lasts only as long as the collision that made it (then the key
+    takes its sanitised name back, through a planned delete of the
+    suffixed object); and the result depends on the keys and the
+    holdings, not on their order.
     """
     wanted = sorted(set(keys))
     desired = set(wanted)
@@ -166,26 +172,37 @@ def assign_names(keys: Iterable[Key], held: Mapping[Key, Key] | None = None) -> 
         if stands_for in desired and stands_for not in names:
             holdings.setdefault(stands_for, []).append(k8s_name)
     newcomers = []
+    #: sanitised keys holding only other (suffixed) names: key -> that name
+    sticky: dict[Key, str] = {}
     for key in sanitised:
         free = [n for n in holdings.get(key, ()) if (key[0], n) not in claimed]
-        if free:
-            preferred = sanitize(key[1])
-            name = preferred if preferred in free else free[0]
-            names[key] = name
-            claimed.add((key[0], name))
+        preferred = sanitize(key[1])
+        if preferred in free:
+            names[key] = preferred
+            claimed.add((key[0], preferred))
         else:
+            if free:
+                sticky[key] = free[0]
             newcomers.append(key)
-    occupied = claimed | {where for where, stands_for in held.items() if stands_for in desired}
+    occupied = claimed | {
+        where
+        for where, stands_for in held.items()
+        if stands_for in desired and stands_for not in sticky
+    }
+    occupied |= {(key[0], name) for key, name in sticky.items()}
     by_target: dict[Key, list[Key]] = {}
     for key in newcomers:
         by_target.setdefault((key[0], sanitize(key[1])), []).append(key)
     collisions = []
     for (namespace, target), group in sorted(by_target.items()):
         if len(group) == 1 and (namespace, target) not in occupied:
-            names[group[0]] = target
+            names[group[0]] = target  # (a sticky one takes its name back)
             occupied.add((namespace, target))
             continue
         for key in group:
+            if key in sticky:  # still colliding: keeps the name it holds
+                names[key] = sticky[key]
+                continue
             length = 5
             while (namespace, name := suffixed(target, key[1], length)) in occupied:
                 length += 1

@@ -335,8 +335,17 @@ def _suffixed(name: str) -> str:
         (["Web", "WEB"], {}, {"Web": _suffixed("Web"), "WEB": _suffixed("WEB")}),
         # sticky: a sanitised key holding its name keeps it when a twin arrives
         (["Web", "WEB"], {"web": "Web"}, {"Web": "web", "WEB": _suffixed("WEB")}),
-        # sticky: a suffixed name stays when its collision goes away
-        (["WEB"], {_suffixed("WEB"): "WEB"}, {"WEB": _suffixed("WEB")}),
+        # a suffix lasts as long as its collision: then the sanitised name
+        # comes back (the suffixed object goes by a planned delete)
+        (["WEB"], {_suffixed("WEB"): "WEB"}, {"WEB": "web"}),
+        # ... and not before: while the twin is there, the suffixed name stays
+        (
+            ["WEB", "Web"],
+            {_suffixed("WEB"): "WEB", "web": "Web"},
+            {"WEB": _suffixed("WEB"), "Web": "web"},
+        ),
+        # ... nor while a valid name holds it
+        (["WEB", "web"], {_suffixed("WEB"): "WEB"}, {"WEB": _suffixed("WEB"), "web": "web"}),
     ],
 )
 def test_naming_rules(keys: list[str], held: dict[str, str], expected: dict[str, str]) -> None:

@@ -142,12 +142,24 @@ async def test_renamed_and_colliding_names(kube: KubeDouble) -> None:
     assert rig.metric("consul_sync_kubernetes_renamed_services", sink="kubernetes") == 2
     # read back under their own names: nothing more to do
     assert (await rig.sync(three)).empty
-    # the collision goes away: "Web" keeps its name (sticky), "web" is deleted
+    # the collision goes away ("web" deregistered): "Web" takes its sanitised
+    # name back - the Service "web" in place (same uid), and the suffixed
+    # one goes by a planned delete
+    uid = kube.get("services", NS, "web")["metadata"]["uid"]
     kube.reset_log()
-    await rig.sync([service("Web", "10.0.0.1"), service("Home_Assistant", "10.0.0.3")])
-    assert names(kube, "services") == ["home-assistant", suffixed]
-    assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/web")]
+    result = await rig.sync([service("Web", "10.0.0.1"), service("Home_Assistant", "10.0.0.3")])
+    assert sorted((c.action.value, c.key[1]) for c in result.changes) == [
+        ("delete", suffixed),
+        ("update", "Web"),
+    ]
+    assert names(kube, "services") == ["home-assistant", "web"]
+    assert kube.get("services", NS, "web")["metadata"]["uid"] == uid
+    assert ("DELETE", f"/api/v1/namespaces/{NS}/services/web") not in writes(kube)
+    assert ("DELETE", f"/api/v1/namespaces/{NS}/services/{suffixed}") in writes(kube)
     assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 0
+    assert (
+        await rig.sync([service("Web", "10.0.0.1"), service("Home_Assistant", "10.0.0.3")])
+    ).empty
 
 
 async def test_invalid_endpoints_are_skipped_and_counted(kube: KubeDouble) -> None:
@@ -500,6 +512,8 @@ async def test_an_old_name_is_its_own_view_entry_and_the_newcomer_waits(
     await rig.sink.apply(Change(Action.DELETE, old, None, view[old]))
     assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/home-assistant")]
     assert (NS, "home-assistant") in rig.dirty  # the waiting key is tried again now
+    # (our own earlier writes' watch events may still be on their way)
+    await until(lambda: "home-assistant" not in rig.sink.services.store)  # type: ignore[union-attr]
     await rig.sync([service("Home_Assistant", "10.0.0.1"), service("home-assistant", "10.0.0.2")])
     assert names(kube, "services") == [
         "home-assistant",
