@@ -437,7 +437,12 @@ class GatewaySink:
             sources = (_meta(mine[0][1]).get("annotations") or {}).get(rt.SOURCES_ANNOTATION)
             known = tuple(s for s in (sources or "").split(",") if s) if sources else None
             return Observed(key, True, None, known)
-        wanted = self._wanted(service, self._backend(key))
+        backend = self._backend(key)
+        if backend is None:
+            # No Service (yet): no route is made; routes that exist already
+            # (the Go version's, at a migration) wait for it, not deleted.
+            return Observed(key, True, service, service.sources)
+        wanted = self._wanted(service, backend)
         live = {(r.plural, _meta(o)["name"]): o for r, o in mine}
         for route in wanted:
             obj = self.informers[_resource(route)].store.get(route.name)
@@ -572,7 +577,10 @@ class GatewaySink:
     async def _upsert(self, key: ServiceKey, desired: DesiredService) -> None:
         assert self.client is not None
         client = self.client
-        wanted = self._wanted(desired, self._backend(key))
+        backend = self._backend(key)
+        if backend is None:
+            return  # no Service yet: its watch event brings this key back
+        wanted = self._wanted(desired, backend)
         for route in wanted:
             obj = self.informers[_resource(route)].store.get(route.name)
             if obj is not None and not self._ours(obj):
