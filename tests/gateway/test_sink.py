@@ -209,7 +209,7 @@ async def test_without_the_crds_ready_with_a_note_and_checked_again_at_resync(
             await tg.start(app.runtime.run)
             await source(app).push([plex(tags=["internal"])])
             await until(lambda: app.runtime.readiness()[0])
-            ready, body = app.runtime.readiness()
+            _, body = app.runtime.readiness()
             assert "Gateway API is not installed" in body
             assert [s["metadata"]["name"] for s in kube.list("services", NS)] == ["plex"]
             kube.reset_log()
