@@ -276,3 +276,23 @@ async def test_route_follows_the_services_kubernetes_name(kube: KubeDouble, app:
     assert route["spec"]["hostnames"] == ["plex-media.example.test"]
     assert gateway_sink(app).available is True
     assert ROUTES
+
+
+async def test_plan_shows_the_routes_to_make(kube: KubeDouble) -> None:
+    app = gateway_app(kube)
+    source(app).services = {s.key: s for s in [plex(tags=["internal"])]}
+    kube.create(
+        "services",
+        {
+            "metadata": {
+                "name": "plex",
+                "namespace": NS,
+                "labels": {"app.kubernetes.io/managed-by": "consul-sync"},
+            },
+            "spec": {"ports": [{"name": "http", "port": 32400}]},
+        },
+    )
+    plans = await app.runtime.plan_only()
+    assert [(c.action.value, c.key) for c in plans["gateway"].changes] == [
+        ("create", (NS, "plex"))
+    ]
