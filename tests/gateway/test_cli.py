@@ -63,7 +63,9 @@ def test_render_prints_the_route_of_the_go_readme(tmp_path: Path) -> None:
     out = io.StringIO()
     config = registrator_example(tmp_path)
     code = main(
-        ["--config", str(config), "render"], environ={"DOMAIN_SUFFIX": "k8s.alexieff.io"}, stdout=out
+        ["--config", str(config), "render"],
+        environ={"DOMAIN_SUFFIX": "k8s.alexieff.io"},
+        stdout=out,
     )
     assert code == 0
     documents = list(yaml.safe_load_all(out.getvalue()))
@@ -162,7 +164,9 @@ class ThirdParty:
 
     @hookimpl
     def consul_sync_transform_service(self, service: DesiredService) -> DesiredService:
-        return attrs.evolve(service, tags=[*service.tags, "seen"], meta={**dict(service.meta), "team": "media"})
+        return attrs.evolve(
+            service, tags=[*service.tags, "seen"], meta={**dict(service.meta), "team": "media"}
+        )
 
 
 def test_a_third_party_sink_reads_tags_and_meta_through_the_hooks(tmp_path: Path) -> None:

@@ -293,6 +293,4 @@ async def test_plan_shows_the_routes_to_make(kube: KubeDouble) -> None:
         },
     )
     plans = await app.runtime.plan_only()
-    assert [(c.action.value, c.key) for c in plans["gateway"].changes] == [
-        ("create", (NS, "plex"))
-    ]
+    assert [(c.action.value, c.key) for c in plans["gateway"].changes] == [("create", (NS, "plex"))]
