@@ -158,12 +158,6 @@ class GatewayMetrics:
             ["route", "gateway"],
             registry=registry,
         )
-        self.skipped = Gauge(
-            "consul_sync_gateway_skipped_services",
-            "Services whose routes are skipped (a bad Meta value, no hostname)",
-            ["sink"],
-            registry=registry,
-        )
 
     @classmethod
     def of(cls, registry: CollectorRegistry) -> GatewayMetrics:
