@@ -70,6 +70,7 @@ def build_app(
     box: list[Runtime] = []
     context.mark_dirty = lambda keys: box[0].mark_dirty(keys) if box else None
     context.desired_keys = lambda: box[0].desired_keys() if box else (0, ())
+    context.desired_service = lambda key: box[0].desired.get(key) if box else None
     sources: list[Source] = [
         registry.sources[c.type](c.name, c.config, context) for c in settings.sources
     ]

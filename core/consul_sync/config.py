@@ -356,11 +356,37 @@ def load_settings(
             items = []
         if not items:
             problems.append(f"{kind}: at least one is needed ([[{kind}]] with name and type)")
+        if not from_file:
+            items = [*items, *_default_extras(kind, table, env, problems)]
         components[kind] = _components(kind, items, table, env, from_file, problems)
 
     if problems or not isinstance(settings, Settings):
         raise ConfigError(problems)
     return attrs.evolve(settings, sources=components["sources"], sinks=components["sinks"])
+
+
+def _default_extras(
+    kind: str, table: Mapping[str, type[Any]], env: Mapping[str, str], problems: list[str]
+) -> list[dict[str, Any]]:
+    """Without a config file: the types that ask to run beside the default
+    source and sink (class attribute ``default_env = ("VAR", default)``:
+    they run, named after their type, when the variable is true -- e.g. the
+    ``gateway`` sink with ``ENABLE_HTTPROUTES``)."""
+    extras = []
+    for type_name, cls in sorted(table.items()):
+        spec = getattr(cls, "default_env", None)
+        if spec is None:
+            continue
+        variable, default = spec
+        raw = env.get(variable, "")
+        try:
+            enabled = parse_bool(raw) if raw != "" else bool(default)
+        except ValueProblem as exc:
+            problems.append(f"{variable}: {exc}")
+            continue
+        if enabled:
+            extras.append({"name": type_name, "type": type_name})
+    return extras
 
 
 def _components(

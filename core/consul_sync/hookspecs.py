@@ -81,6 +81,13 @@ def consul_sync_transform_service(service: DesiredService) -> DesiredService | N
         every sink (an existing object of ours is then pruned as if the
         source no longer had it).
 
+    The service carries what a sink may route on, source-neutrally:
+    ``service.tags`` (the source's tags, a sorted tuple; Consul service
+    tags) and ``service.meta`` (its key/value metadata, sorted pairs;
+    Consul ``Meta``).  They may be rewritten like any field
+    (``attrs.evolve(service, tags=[...], meta={...})``); they are compared
+    by value, so a changed tag re-plans the service in every sink.
+
     Called for every service that changed, each time it changed, before
     planning, and for every service on a full resync.  Implementations run
     in plugin registration order, each seeing the previous one's result.

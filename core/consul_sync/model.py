@@ -104,6 +104,13 @@ class DesiredService:
     ``sources`` names the source instance(s) it came from (several after a
     merge); ``labels`` and ``annotations`` are carried onto the sink's
     objects in addition to the sink's own bookkeeping labels.
+
+    ``tags`` and ``meta`` are what the source knows about the service to
+    route on, source-neutrally: its tags (a sorted set of strings; Consul
+    service tags) and its key/value metadata (sorted pairs; Consul service
+    ``Meta``).  Sinks may read them (the ``gateway`` sink makes routes from
+    them); they are compared by value like everything else, and
+    ``consul_sync_transform_service`` may rewrite them.
     """
 
     name: str
@@ -113,6 +120,8 @@ class DesiredService:
     labels: Pairs = attrs.field(converter=freeze_pairs, default=())
     annotations: Pairs = attrs.field(converter=freeze_pairs, default=())
     sources: tuple[str, ...] = attrs.field(converter=_tuple_of_str, default=())
+    tags: tuple[str, ...] = attrs.field(converter=_tuple_of_str, default=())
+    meta: Pairs = attrs.field(converter=freeze_pairs, default=())
 
     @property
     def key(self) -> ServiceKey:

@@ -130,6 +130,8 @@ def _merge_one(parts: list[DesiredService]) -> tuple[DesiredService, list[str]]:
     endpoints: list[Endpoint] = list(primary.endpoints)
     labels = dict(primary.labels)
     annotations = dict(primary.annotations)
+    meta = dict(primary.meta)  # the primary's value wins, as for labels
+    tags = set(primary.tags)
     primary_number = primary.ports[0].port if primary.ports else None
     for other in parts[1:]:
         if other.ports != primary.ports:
@@ -157,6 +159,9 @@ def _merge_one(parts: list[DesiredService]) -> tuple[DesiredService, list[str]]:
                         f"{_names(primary)} and {value!r} in {_names(other)}; "
                         f"keeping {mine[name]!r}"
                     )
+        tags.update(other.tags)
+        for name, value in other.meta:
+            meta.setdefault(name, value)
     merged = DesiredService(
         name=primary.name,
         namespace=primary.namespace,
@@ -165,6 +170,8 @@ def _merge_one(parts: list[DesiredService]) -> tuple[DesiredService, list[str]]:
         labels=labels,
         annotations=annotations,
         sources=[name for part in parts for name in part.sources],
+        tags=tags,
+        meta=meta,
     )
     return merged, warnings
 
@@ -213,7 +220,7 @@ def plan(
                 changes.append(Change(Action.CREATE, key, want))
             elif not have.owned:
                 conflicts.append(key)
-            elif have.service != want and policy is not Policy.CREATE_ONLY:
+            elif _differs(have.service, want) and policy is not Policy.CREATE_ONLY:
                 changes.append(Change(Action.UPDATE, key, want, have))
         elif have is not None and have.owned and policy is Policy.SYNC:
             if _origin_incomplete(have, incomplete):
@@ -244,6 +251,23 @@ def plan(
         guard=guard,
         held=tuple(held),
     )
+
+
+def _differs(have: DesiredService | None, want: DesiredService) -> bool:
+    """Whether the sink's reading ``have`` differs from ``want``.
+
+    ``tags`` and ``meta`` are compared only when the sink reads them back
+    (its reading carries some): a sink whose objects do not depend on them
+    (the kubernetes and manifests sinks) reads them back empty, and must not
+    be rewritten for a tag it has no use for.  A sink that routes on them
+    (the gateway sink) reports the desired service it satisfies, tags and
+    all.
+    """
+    if have is None:
+        return True
+    if not have.tags and not have.meta and (want.tags or want.meta):
+        want = attrs.evolve(want, tags=(), meta=())
+    return have != want
 
 
 def window_allowance(owned: int, fraction: float, floor: int = DEFAULT_PRUNE_FLOOR) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .errors import ConsulSyncError
-from .model import ServiceKey
+from .model import DesiredService, ServiceKey
 
 if TYPE_CHECKING:
     import httpx
@@ -88,3 +88,8 @@ class Context:
     #: whenever a key is added or removed (sinks that must resolve name
     #: collisions across all services use it).  Set by the runtime.
     desired_keys: Callable[[], tuple[int, Collection[ServiceKey]]] = lambda: (0, ())
+    #: The current desired service of a key (merged and transformed), or
+    #: ``None``.  Sinks whose objects are derived from only part of a
+    #: service (the gateway sink's routes) use it to tell the planner which
+    #: desired service their objects satisfy.  Set by the runtime.
+    desired_service: Callable[[ServiceKey], DesiredService | None] = lambda _key: None

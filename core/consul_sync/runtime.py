@@ -231,6 +231,11 @@ class Runtime:
                 notes.append(f"sink {name}: {self._held_note(state)}")
             if state.error:
                 notes.append(f"sink {name}: {state.error}")
+            # A sink may say something that does not make it unready (the
+            # gateway sink: the Gateway API is not installed).
+            note = getattr(state.sink, "readiness_note", None)
+            if note:
+                notes.append(f"sink {name}: {note}")
         incomplete = sorted(self.incomplete_sources())
         if incomplete:
             notes.append(

@@ -136,6 +136,10 @@ def to_desired(
         endpoints=endpoints,
         annotations={"consul-sync.io/consul-service": name} if k8s_name != name else {},
         sources=[source],
+        # What a sink may route on: every instance's tags, and the Meta keys
+        # (the first instance in ID order that sets a key wins).
+        tags=[tag for instance in ordered for tag in instance.tags],
+        meta=_first_meta(ordered),
     )
     return Converted(service, tuple(warnings))
 

@@ -1900,6 +1900,8 @@ class ResourceType:
     reset_fields: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
     field_labels: tuple[str, ...] = ("metadata.name", "metadata.namespace")
+    #: A custom resource (Gateway API): typed list items, status subresource.
+    custom: bool = False
 
     @property
     def api_version(self) -> str:
@@ -1981,12 +1983,61 @@ EVENTS_V1 = ResourceType(
         "reportingController",
     ),
 )
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def _route_schema(kind: str) -> Struct:
+    # Custom resources are unstructured: JSON keys come out sorted; lists are
+    # atomic (listType unset), labels and annotations granular as usual.
+    return Struct(
+        kind,
+        {
+            "apiVersion": S,
+            "kind": S,
+            "metadata": OBJECT_META,
+            "spec": Struct(
+                f"{kind}Spec",
+                {
+                    "hostnames": AtomicList(S),
+                    "parentRefs": AtomicList(ANY),
+                    "rules": AtomicList(ANY),
+                },
+            ),
+            "status": Atomic(ANY),
+        },
+        pkg="v1",
+    )
+
+
+HTTPROUTES = ResourceType(
+    GATEWAY_GROUP,
+    "v1",
+    "httproutes",
+    "HTTPRoute",
+    _route_schema("HTTPRoute"),
+    "httproutes",
+    reset_fields=("status",),
+    custom=True,
+)
+GRPCROUTES = ResourceType(
+    GATEWAY_GROUP,
+    "v1",
+    "grpcroutes",
+    "GRPCRoute",
+    _route_schema("GRPCRoute"),
+    "grpcroutes",
+    reset_fields=("status",),
+    custom=True,
+)
+GATEWAY_TYPES = (HTTPROUTES, GRPCROUTES)
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
     SERVICES,
     ENDPOINT_SLICES,
     LEASES,
     CORE_EVENTS,
     EVENTS_V1,
+    HTTPROUTES,
+    GRPCROUTES,
 )
 _BY_GROUP_VERSION: dict[tuple[str, str, str], ResourceType] = {
     (rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES
@@ -1996,6 +2047,139 @@ _STORAGE_TYPE: dict[str, ResourceType] = {
     "endpointslices": ENDPOINT_SLICES,
     "leases": LEASES,
     "events": CORE_EVENTS,
+    "httproutes": HTTPROUTES,
+    "grpcroutes": GRPCROUTES,
+}
+
+
+#: ``/apis/gateway.networking.k8s.io/v1`` as recorded (10).
+GATEWAY_RESOURCE_LIST: Obj = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": "gateway.networking.k8s.io/v1",
+    "resources": [
+        {
+            "name": "gatewayclasses",
+            "singularName": "gatewayclass",
+            "namespaced": False,
+            "kind": "GatewayClass",
+            "verbs": [
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ],
+            "shortNames": ["gc"],
+            "categories": ["gateway-api"],
+            "storageVersionHash": "YwVCumQdey0=",
+        },
+        {
+            "name": "gatewayclasses/status",
+            "singularName": "",
+            "namespaced": False,
+            "kind": "GatewayClass",
+            "verbs": ["get", "patch", "update"],
+        },
+        {
+            "name": "gateways",
+            "singularName": "gateway",
+            "namespaced": True,
+            "kind": "Gateway",
+            "verbs": [
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ],
+            "shortNames": ["gtw"],
+            "categories": ["gateway-api"],
+            "storageVersionHash": "vTT6VZ2LmOo=",
+        },
+        {
+            "name": "gateways/status",
+            "singularName": "",
+            "namespaced": True,
+            "kind": "Gateway",
+            "verbs": ["get", "patch", "update"],
+        },
+        {
+            "name": "grpcroutes",
+            "singularName": "grpcroute",
+            "namespaced": True,
+            "kind": "GRPCRoute",
+            "verbs": [
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ],
+            "categories": ["gateway-api"],
+            "storageVersionHash": "bkxdI4yJ1yQ=",
+        },
+        {
+            "name": "grpcroutes/status",
+            "singularName": "",
+            "namespaced": True,
+            "kind": "GRPCRoute",
+            "verbs": ["get", "patch", "update"],
+        },
+        {
+            "name": "httproutes",
+            "singularName": "httproute",
+            "namespaced": True,
+            "kind": "HTTPRoute",
+            "verbs": [
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ],
+            "categories": ["gateway-api"],
+            "storageVersionHash": "s9TOoTqdPlk=",
+        },
+        {
+            "name": "httproutes/status",
+            "singularName": "",
+            "namespaced": True,
+            "kind": "HTTPRoute",
+            "verbs": ["get", "patch", "update"],
+        },
+        {
+            "name": "referencegrants",
+            "singularName": "referencegrant",
+            "namespaced": True,
+            "kind": "ReferenceGrant",
+            "verbs": [
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ],
+            "shortNames": ["refgrant"],
+            "categories": ["gateway-api"],
+            "storageVersionHash": "yiMy9EZI11Y=",
+        },
+    ],
 }
 
 
@@ -2048,6 +2232,8 @@ def default_object(rt: ResourceType, obj: Obj) -> None:
     """Decode-time defaulting (``SetDefaults_*``)."""
     if rt is SERVICES:
         _default_service(obj)
+    elif rt in GATEWAY_TYPES:
+        _default_route(rt, obj)
     elif rt is ENDPOINT_SLICES:
         for port in obj.get("ports") or []:
             if isinstance(port, dict):
@@ -2055,6 +2241,134 @@ def default_object(rt: ResourceType, obj: Obj) -> None:
                     port["name"] = ""
                 if port.get("protocol") is None:
                     port["protocol"] = "TCP"
+
+
+def _sorted_json(value: Any) -> Any:
+    """As an unstructured object prints: map keys sorted."""
+    if isinstance(value, dict):
+        return {k: _sorted_json(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_json(v) for v in value]
+    return value
+
+
+def _default_route(rt: ResourceType, obj: Obj) -> None:
+    """The Gateway API v1.6.1 CRD defaults, as recording 01 shows them."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    for ref in spec.get("parentRefs") or []:
+        if isinstance(ref, dict):
+            ref.setdefault("group", GATEWAY_GROUP)
+            ref.setdefault("kind", "Gateway")
+    if rt is HTTPROUTES and spec.get("rules") is None:
+        spec["rules"] = [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]
+    for rule in spec.get("rules") or []:
+        if not isinstance(rule, dict):
+            continue
+        for ref in rule.get("backendRefs") or []:
+            if isinstance(ref, dict):
+                ref.setdefault("group", "")
+                ref.setdefault("kind", "Service")
+                ref.setdefault("weight", 1)
+        if rt is HTTPROUTES:
+            if not rule.get("matches"):
+                rule["matches"] = [{"path": {"type": "PathPrefix", "value": "/"}}]
+            for match in rule["matches"]:
+                if isinstance(match, dict) and "path" not in match:
+                    match["path"] = {"type": "PathPrefix", "value": "/"}
+    for key in ("parentRefs", "rules"):
+        if key in spec:
+            spec[key] = _sorted_json(spec[key])
+
+
+_ROUTE_HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def _go_map_repr(value: Any) -> str:
+    """Go's ``%#v`` of a decoded JSON value (``map[string]interface {}{...}``)."""
+    if isinstance(value, dict):
+        inner = ", ".join(f"{go_quote(k)}:{_go_map_repr(value[k])}" for k in sorted(value))
+        return "map[string]interface {}{" + inner + "}"
+    if isinstance(value, list):
+        return "[]interface {}{" + ", ".join(_go_map_repr(v) for v in value) + "}"
+    if isinstance(value, str):
+        return go_quote(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def validate_route(rt: ResourceType, obj: Obj) -> list[FieldError]:
+    """The CRD schema (OpenAPI) and CEL rules the recordings exercise, with
+    their recorded texts (05, 06, 07, 17, 20, 21)."""
+    errs = validate_object_meta(obj.get("metadata") or {}, is_dns1123_subdomain)
+    spec = obj.get("spec") or {}
+    hostnames = spec.get("hostnames") or []
+    if len(hostnames) > 16:
+        errs.append(
+            f_invalid(
+                "spec.hostnames",
+                len(hostnames),
+                "spec.hostnames in body should have at most 16 items",
+            )
+        )
+    for hostname in hostnames:
+        if not re.fullmatch(_ROUTE_HOSTNAME, str(hostname)):
+            errs.append(
+                f_invalid(
+                    "spec.hostnames",
+                    hostname,
+                    f"spec.hostnames in body should match '{_ROUTE_HOSTNAME}'",
+                )
+            )
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, ref in enumerate(rule.get("backendRefs") or []):
+            if "port" in ref and int(ref["port"]) < 1:
+                errs.append(
+                    f_invalid(
+                        "spec.rules.backendRefs.port",
+                        ref["port"],
+                        "spec.rules.backendRefs.port in body should be greater than or equal to 1",
+                    )
+                )
+            elif ref.get("group", "") == "" and ref.get("kind") == "Service" and "port" not in ref:
+                errs.append(
+                    f_invalid(
+                        f"spec.rules[{i}].backendRefs[{j}]",
+                        GoRepr(_go_map_repr(ref)),
+                        "Must have port for Service reference",
+                    )
+                )
+        for j, match in enumerate(rule.get("matches") or []):
+            path = match.get("path") or {}
+            if path.get("type") in ("Exact", "PathPrefix") and not str(
+                path.get("value", "")
+            ).startswith("/"):
+                errs.append(
+                    f_invalid(
+                        f"spec.rules[{i}].matches[{j}].path",
+                        GoRepr(_go_map_repr(path)),
+                        "value must be an absolute path and start with '/' when type one of "
+                        "['Exact', 'PathPrefix']",
+                    )
+                )
+    refs = spec.get("parentRefs") or []
+    seen: set[tuple[Any, ...]] = set()
+    for ref in refs:
+        ident = (ref.get("group"), ref.get("kind"), ref.get("namespace"), ref.get("name"))
+        if (*ident, ref.get("sectionName")) in seen:
+            errs.append(
+                f_invalid(
+                    "spec.parentRefs",
+                    GoRepr(_go_map_repr(refs)),
+                    "sectionName must be unique when parentRefs includes 2 or more references "
+                    "to the same parent",
+                )
+            )
+            break
+        seen.add((*ident, ref.get("sectionName")))
+    return errs
 
 
 def _default_service(obj: Obj) -> None:
@@ -2525,6 +2839,8 @@ def validate_object(rt: ResourceType, obj: Obj, old: Obj | None) -> list[FieldEr
         errs = validate_endpoint_slice(obj, old)
     elif rt is LEASES:
         errs = validate_lease(obj, old)
+    elif rt in GATEWAY_TYPES:
+        errs = validate_route(rt, obj)
     else:
         errs = validate_event(obj, rt) if old is None else []
     if not errs:
@@ -3214,7 +3530,10 @@ class KubeDouble:
         bookmark_interval: float = 60.0,
         history_limit: int | None = None,
         clock: Callable[[], datetime] = _now,
+        gateway_api: bool = False,
     ) -> None:
+        #: Whether the Gateway API CRDs (httproutes, grpcroutes) are installed.
+        self._served = tuple(rt for rt in RESOURCE_TYPES if gateway_api or not rt.custom)
         self.user = user
         self.tokens = dict(tokens) if tokens is not None else None
         self.bookmark_interval = bookmark_interval
@@ -3531,6 +3850,20 @@ class KubeDouble:
         query = {"propagationPolicy": propagation_policy} if propagation_policy else {}
         self._delete(rt, namespace, name, _Request("DELETE", "", query))
 
+    def set_status(self, resource: str, namespace: str, name: str, status: Obj) -> Obj:
+        """Write ``status`` as a controller does through the ``/status``
+        subresource of a custom resource (a Gateway's verdict on a route);
+        watchers see a MODIFIED event."""
+        rt = resource_type(resource)
+        with self._cond:
+            live = self._objects[rt.storage].get((namespace, name))
+            if live is None:
+                raise not_found(rt, name)
+            obj = copy.deepcopy(live.obj)
+            obj["status"] = copy.deepcopy(status)
+            stored = self._commit(rt.storage, namespace, name, obj, live.managers, "MODIFIED")
+            return self._typed(rt, self._view(stored))
+
     def collect_garbage(self) -> int:
         """One garbage-collector pass over dangling owner references; returns deletions."""
         deleted = 0
@@ -3722,7 +4055,7 @@ class KubeDouble:
                 raise not_found_path()
             group, version, rest = "", "v1", segments[2:]
         elif head == "apis":
-            groups = sorted({rt.group for rt in RESOURCE_TYPES if rt.group})
+            groups = sorted({rt.group for rt in self._served if rt.group})
             if len(segments) == 1:
                 return _json_reply(
                     200,
@@ -3740,11 +4073,16 @@ class KubeDouble:
                     200, {"kind": "APIGroup", "apiVersion": "v1", **self._api_group(group)}
                 )
             version, rest = segments[2], segments[3:]
+            if version != "v1" and group == GATEWAY_GROUP:
+                # a version a CRD does not serve: the plain-text 404 (recording 08)
+                return _Reply(404, b"404 page not found\n", "text/plain; charset=utf-8")
             if version != "v1":
                 raise not_found_path()
         else:
             return _Reply(404, b"404 page not found\n", "text/plain; charset=utf-8")
         if not rest:
+            if group == GATEWAY_GROUP:
+                return _json_reply(200, GATEWAY_RESOURCE_LIST)
             return _json_reply(200, self._resource_list(group))
         watch = False
         if rest[0] == "watch":
@@ -3758,6 +4096,9 @@ class KubeDouble:
         else:
             namespace, plural, tail = "", rest[0], rest[1:]
         rt = _BY_GROUP_VERSION.get((group, version, plural))
+        if group == GATEWAY_GROUP and (rt is None or rt not in self._served):
+            # an uninstalled custom resource: plain text (recording 25)
+            return _Reply(404, b"404 page not found\n", "text/plain; charset=utf-8")
         if rt is None or len(tail) > 1 or (tail and not namespace):
             raise not_found_path()
         name = tail[0] if tail else ""
@@ -3782,6 +4123,9 @@ class KubeDouble:
     @staticmethod
     def _api_group(group: str) -> Obj:
         gv = {"groupVersion": f"{group}/v1", "version": "v1"}
+        if group == GATEWAY_GROUP:  # recording 09
+            beta = {"groupVersion": f"{group}/v1beta1", "version": "v1beta1"}
+            return {"name": group, "versions": [gv, beta], "preferredVersion": gv}
         return {"name": group, "versions": [gv], "preferredVersion": gv}
 
     @staticmethod
@@ -3799,7 +4143,7 @@ class KubeDouble:
                 }
             )
         for rt in RESOURCE_TYPES:
-            if rt.group != group:
+            if rt.group != group or rt.custom:
                 continue
             entry: Obj = {
                 "name": rt.plural,
@@ -3979,7 +4323,7 @@ class KubeDouble:
                 "kind": f"{rt.kind}List",
                 "apiVersion": rt.api_version,
                 "metadata": meta,
-                "items": [self._typed(rt, view, typed=False) for _, view in items],
+                "items": [self._typed(rt, view, typed=rt.custom) for _, view in items],
             }
 
     # -- body decoding and options ----------------------------------------------------------
@@ -4099,8 +4443,10 @@ class KubeDouble:
         meta.pop("deletionTimestamp", None)
         meta.pop("deletionGracePeriodSeconds", None)
         meta.pop("generation", None)
-        if rt.storage == "endpointslices":
+        if rt.storage == "endpointslices" or rt.custom:
             meta["generation"] = 1
+        if rt.custom:
+            obj.pop("status", None)  # the status subresource: not written here
         if rt.storage == "services":
             prepare_service(obj, None, self._alloc)
         obj = cast(Obj, shape(obj, storage_rt.schema))
@@ -4218,6 +4564,14 @@ class KubeDouble:
                 meta.pop(key, None)
         if rt.storage == "services":
             prepare_service(obj, live.obj, self._alloc)
+        if rt.custom:
+            # The status subresource: writes of the main resource keep the
+            # stored status; a spec change bumps the generation.
+            obj.pop("status", None)
+            if "status" in live.obj:
+                obj["status"] = copy.deepcopy(live.obj["status"])
+            if not same_value(obj.get("spec"), live.obj.get("spec")):
+                obj["metadata"]["generation"] = int(live_meta.get("generation") or 0) + 1
         obj = cast(Obj, shape(obj, storage_rt.schema))
         if rt.storage == "endpointslices":
             new_rest = {k: v for k, v in obj.items() if k != "metadata"}
@@ -4466,6 +4820,19 @@ class KubeDouble:
                 raise not_found(rt, name)
             live_meta = live.obj["metadata"]
             uid = preconditions.get("uid")
+            if uid and uid != live_meta.get("uid") and rt.custom:
+                # The custom resource store's text (recording 13).
+                raise ApiError(
+                    status_failure(
+                        409,
+                        "Conflict",
+                        f"Operation cannot be fulfilled on {rt.kind}.{rt.group} {go_quote(name)}: "
+                        f"the UID in the precondition ({uid}) does not match the UID in record "
+                        f"({live_meta.get('uid')}). The object might have been deleted and then "
+                        "recreated",
+                        status_details(name=name, group=rt.group, kind=rt.kind),
+                    )
+                )
             if uid and uid != live_meta.get("uid"):
                 raise conflict(
                     rt,

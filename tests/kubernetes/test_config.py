@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "plugins" / "consul_sync_kuberne
 def settings(environ: dict[str, str]) -> KubernetesConfig:
     registry = collect_types(make_plugin_manager(environ={}))
     loaded = load_settings(registry, environ={"CONSUL_ADDR": "http://127.0.0.1:1", **environ})
-    (sink,) = loaded.sinks
+    sink = loaded.sinks[0]  # the gateway sink runs beside it (ENABLE_HTTPROUTES)
     assert sink.type == "kubernetes"
     config = sink.config
     assert isinstance(config, KubernetesConfig)

@@ -1,0 +1,1 @@
+"""The built-in Gateway API plugin: HTTPRoutes and GRPCRoutes for synced services."""

@@ -1,0 +1,12 @@
+"""Entry point of the built-in Gateway API plugin (group ``consul_sync``)."""
+
+from __future__ import annotations
+
+from consul_sync import TypeRegistry, hookimpl
+
+from .sink import GatewaySink
+
+
+@hookimpl
+def consul_sync_add_sink_types(registry: TypeRegistry) -> None:
+    registry.add_sink_type(GatewaySink)
