@@ -62,6 +62,7 @@ def build_app(
     context = context or Context(metrics=metrics)
     context.metrics = metrics
     context.namespace = settings.namespace
+    context.policy = str(settings.policy)
     context.add_secret = logs.REDACTOR.add
     for value in secrets_of(settings):
         logs.REDACTOR.add(value)

@@ -600,6 +600,15 @@ class GatewaySink:
         stale = [
             (r, o) for r, o in self._routes_of(key) if (r.plural, _meta(o)["name"]) not in names
         ]
+        if stale and self.context.policy != "sync":
+            log.debug(
+                "sink %s: %s keeps %d routes no longer wanted (policy %s never deletes)",
+                self.name,
+                key[1],
+                len(stale),
+                self.context.policy,
+            )
+            return
         await self._delete_routes(stale)
 
     async def _delete_routes(self, items: Sequence[tuple[Resource, Mapping[str, Any]]]) -> None:

@@ -19,7 +19,9 @@ NS = "network"
 ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/network/httproutes"
 
 
-def gateway_app(kube: KubeDouble, *, gateway: dict[str, Any] | None = None) -> App:
+def gateway_app(
+    kube: KubeDouble, *, gateway: dict[str, Any] | None = None, **global_settings: Any
+) -> App:
     pm = make_plugin_manager(plugins=[("fake", FakePlugin())], environ={})
     registry = collect_types(pm)
     raw = {
@@ -27,6 +29,7 @@ def gateway_app(kube: KubeDouble, *, gateway: dict[str, Any] | None = None) -> A
         "coalesce_window": "10ms",
         "retry_base": "50ms",
         "retry_max": "500ms",
+        **global_settings,
         "sources": [{"name": "consul", "type": "fake"}],
         "sinks": [
             {"name": "kubernetes", "type": "kubernetes", "leader_elect": False},

@@ -73,6 +73,21 @@ async def test_tag_added_route_created_removed_deleted_both_tags_two(
     assert kube.list("services", NS) == []
 
 
+async def test_upsert_only_keeps_the_route_of_a_removed_tag(kube: KubeDouble) -> None:
+    app = gateway_app(kube, policy="upsert-only")
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await source(app).push([plex(tags=["internal", "external"])])
+        await until(lambda: set(routes(kube)) == {"plex-envoy-internal", "plex-envoy-external"})
+        kube.reset_log()
+        await source(app).push(upsert=[plex(tags=["external"])])
+        await until(lambda: app.runtime.passes > 0 and not app.runtime._dirty)
+        await anyio.sleep(0.3)
+        assert set(routes(kube)) == {"plex-envoy-internal", "plex-envoy-external"}
+        assert not [w for w in writes(kube) if w[0] == "DELETE"]
+        app.runtime.stop()
+
+
 async def test_no_change_resync_writes_nothing(kube: KubeDouble, app: App) -> None:
     await source(app).push([plex(tags=["internal"]), service("hass", "10.0.0.2", tags=["x"])])
     await until(lambda: "plex-envoy-internal" in routes(kube))
