@@ -596,19 +596,22 @@ class KubernetesSink:
         """Which view entry a Service belongs to (``None``: none, somebody
         else's and in nobody's way).
 
-        * The desired key whose name it is, if it stands for that key, or
-          for a key no longer desired (a rename or a change of case in
-          Consul: taken over in place, same object, same uid).
-        * A pseudo key (:meth:`_pseudo_key`) if it stands for a desired key
-          whose name is now another (the valid name won, ...): the planner
-          deletes it like anything else not desired, under the policy, the
-          prune guard and the incomplete-source rule.
+        * The desired key whose name it is: the object belongs to the name,
+          so a key that lands on the name of an object of ours takes it
+          over in place (same object, same uid) - a rename or change of
+          case in Consul, or a valid name taking its name back from a
+          sanitised twin (which gets a new, suffixed object) - never a
+          delete and a create.
+        * A pseudo key (:meth:`_pseudo_key`) if no desired key maps to its
+          name but it stands for a desired key (whose name is now another):
+          the planner deletes it like anything else not desired, under the
+          policy, the prune guard and the incomplete-source rule.
         * Else the key it stands for (not desired: to be deleted).
         """
         mapped = self.names.key_of(self.namespace, k8s_name)
         if self._ours(obj):
             stands_for = r.service_key(obj)
-            if mapped is not None and (mapped == stands_for or not self.names.desired(stands_for)):
+            if mapped is not None:
                 return mapped
             if self.names.desired(stands_for):
                 return self._pseudo_key(k8s_name)
@@ -901,21 +904,10 @@ class KubernetesSink:
                 f"(owner {self.owner!r}); left alone",
                 retryable=False,
             )
-        if live is not None and self._classify(live) == MINE and r.service_key(live) != key:
-            holder = r.service_key(live)
-            if self.names.desired(holder):
-                # Its key has another name now: the planner deletes the old
-                # one (a pseudo key) like any delete; we wait for that.
-                old = self._pseudo_key(k8s_name)
-                self.context.mark_dirty([old])
-                raise SinkError(
-                    f"Service {self.namespace}/{k8s_name} still stands for {holder[1]!r}, now "
-                    f"named {self.names.name(holder)!r}; waiting for the delete of the old name "
-                    f"(planned as {old[0]}/{old[1]}; not done under policy upsert-only)",
-                    retryable=True,
-                )
-            # It stands for a key no longer desired: taken over in place below
-            # (the same Service, uid kept; its annotations say what it is now).
+        # A Service of ours standing for another key (a rename or change of
+        # case in Consul, or a sanitised twin whose name a valid one takes
+        # back) is taken over in place below: the same Service, uid kept;
+        # its annotations say what it is now.
         problems = r.validate(desired)
         if problems:
             self.metrics.skipped.labels(sink=self.name, what="service").inc()

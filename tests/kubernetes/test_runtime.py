@@ -141,34 +141,13 @@ async def test_a_sanitised_newcomer_leaves_the_existing_service_alone(kube: Kube
         app.runtime.stop()
 
 
-async def test_a_valid_name_takes_its_name_back_only_through_a_planned_delete(
-    kube: KubeDouble,
-) -> None:
+@pytest.mark.parametrize("policy", ["sync", "upsert-only"])
+async def test_a_valid_name_takes_its_name_back_in_place(kube: KubeDouble, policy: str) -> None:
     """``Home_Assistant`` holds ``home-assistant``; then ``home-assistant``
-    registers: the valid name wins, but the old Service goes only as a
-    planned delete, which policy upsert-only never makes."""
-    app = kube_app(kube, policy="upsert-only")
-    source(app).services = {s.key: s for s in [service("Home_Assistant", "10.0.0.1")]}
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.runtime.run)
-        await until(lambda: app.runtime.readiness()[0])
-        uid = _live(kube, "home-assistant")["metadata"]["uid"]
-        kube.reset_log()
-        await source(app).push(upsert=[service("home-assistant", "10.0.0.2")])
-        renamed = r.suffixed("home-assistant", "Home_Assistant")
-        await until(lambda: _stands_for(kube, renamed) == "Home_Assistant")
-        state = app.runtime.states["kubernetes"]
-        await until(lambda: "waiting" in state.failing.get((NS, "home-assistant"), ""))
-        await _settled(app)
-        # not deleted, not overwritten: it still serves Home_Assistant
-        assert _live(kube, "home-assistant")["metadata"]["uid"] == uid
-        assert _stands_for(kube, "home-assistant") == "Home_Assistant"
-        assert [w for w in writes(kube) if w[0] == "DELETE"] == []
-        app.runtime.stop()
-
-
-async def test_under_policy_sync_the_old_name_is_deleted_then_taken(kube: KubeDouble) -> None:
-    app = kube_app(kube)
+    registers: the valid name wins, and as the object belongs to its name,
+    it is one in-place update (uid kept, nothing deleted, under any policy);
+    the sanitised twin gets a new, suffixed Service."""
+    app = kube_app(kube, policy=policy)
     source(app).services = {s.key: s for s in [service("Home_Assistant", "10.0.0.1")]}
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
@@ -185,10 +164,11 @@ async def test_under_policy_sync_the_old_name_is_deleted_then_taken(kube: KubeDo
             timeout=15,
         )
         await _settled(app)
-        assert _live(kube, "home-assistant")["metadata"]["uid"] != uid
-        deletes = [w for w in writes(kube) if w[0] == "DELETE"]
-        assert deletes == [("DELETE", f"/api/v1/namespaces/{NS}/services/home-assistant")]
+        assert _live(kube, "home-assistant")["metadata"]["uid"] == uid
+        assert [w for w in writes(kube) if w[0] == "DELETE"] == []
         served = kube.get("endpointslices", NS, "home-assistant-v4-8080")
         assert served is not None and served["endpoints"][0]["addresses"] == ["10.0.0.2"]
+        twin = kube.get("endpointslices", NS, f"{renamed}-v4-8080")
+        assert twin is not None and twin["endpoints"][0]["addresses"] == ["10.0.0.1"]
         assert not app.runtime.states["kubernetes"].failing
         app.runtime.stop()

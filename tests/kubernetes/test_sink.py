@@ -9,6 +9,7 @@ import pytest
 
 from consul_sync import SinkError
 from consul_sync.model import Action, Change, DesiredService, Endpoint, Observed, Port
+from consul_sync.plan import Policy, plan
 from consul_sync_kubernetes import render as r
 from tests.fakes.k8s_double import KubeDouble
 
@@ -489,36 +490,28 @@ async def test_a_rename_in_consul_onto_the_same_name_is_planned_as_one_update(
     assert writes(kube) == [("PATCH", f"/api/v1/namespaces/{NS}/services/home-assistant")]
 
 
-async def test_an_old_name_is_its_own_view_entry_and_the_newcomer_waits(
-    kube: KubeDouble,
-) -> None:
+async def test_an_old_name_is_its_own_view_entry_planned_as_a_delete(kube: KubeDouble) -> None:
+    """A Service of ours under a name no desired key maps to any more (a
+    suffix whose collision ended) is a view entry of its own: the planner
+    deletes it like anything else, under the policy and the prune budget."""
     rig = make_sink(kube)
-    await rig.sync([service("Home_Assistant", "10.0.0.1")])
-    rig.dirty.clear()
-    rig.keys.set([(NS, "Home_Assistant"), (NS, "home-assistant")])
+    await rig.sync([service("web", "10.0.0.1"), service("WEB", "10.0.0.2")])
+    suffixed = r.suffixed("web", "WEB")
+    assert names(kube, "services") == ["web", suffixed]
+    # "web" leaves: "WEB" takes the plain name back (in place) ...
+    rig.keys.set([(NS, "WEB")])
     view = await rig.sink.observe()
-    old = (NS, "home-assistant~old")
+    old = (NS, suffixed)
     assert view[old] == Observed(old, True, None, ("consul",))
-    assert (NS, "home-assistant") not in view and (NS, "Home_Assistant") not in view
-    assert old in rig.dirty and (NS, "Home_Assistant") in rig.dirty  # planned at once
+    assert view[(NS, "WEB")].owned and (NS, "web") not in view
+    # ... and the suffixed Service goes only by a planned delete
+    the_plan = plan({(NS, "WEB"): service("WEB", "10.0.0.2")}, view, policy=Policy.UPSERT_ONLY)
+    assert [(c.action.value, c.key[1]) for c in the_plan.changes] == [("update", "WEB")]
     kube.reset_log()
-    with pytest.raises(SinkError) as caught:
-        await rig.sink.apply(
-            Change(Action.CREATE, (NS, "home-assistant"), service("home-assistant", "10.0.0.2"))
-        )
-    assert caught.value.retryable and "home-assistant~old" in str(caught.value)
-    assert writes(kube) == []
-    rig.dirty.clear()
-    await rig.sink.apply(Change(Action.DELETE, old, None, view[old]))
-    assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/home-assistant")]
-    assert (NS, "home-assistant") in rig.dirty  # the waiting key is tried again now
-    # (our own earlier writes' watch events may still be on their way)
-    await until(lambda: "home-assistant" not in rig.sink.services.store)  # type: ignore[union-attr]
-    await rig.sync([service("Home_Assistant", "10.0.0.1"), service("home-assistant", "10.0.0.2")])
-    assert names(kube, "services") == [
-        "home-assistant",
-        r.suffixed("home-assistant", "Home_Assistant"),
-    ]
+    await rig.sync([service("WEB", "10.0.0.2")])
+    assert writes(kube)[-1] == ("DELETE", f"/api/v1/namespaces/{NS}/services/{suffixed}")
+    assert names(kube, "services") == ["web"]
+    assert r.service_key(kube.get("services", NS, "web")) == (NS, "WEB")
 
 
 # --- attribution: which source each endpoint came from -----------------------------
