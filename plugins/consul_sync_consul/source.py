@@ -321,6 +321,12 @@ class ConsulSource:
         self._watch_generation = self.tokens.generation
         self._empty: str | None = None
         self._sweep_pending: set[str] = set()
+        #: Names read for a catalog change that also removed names (a rename:
+        #: one ID re-registered under another name): the removal is not
+        #: published before they are read, so the runtime sees the rename
+        #: whole (one in-place update), never a delete and then a create.
+        self._holding: set[str] = set()
+        self._holding_until = 0.0
         self._sweep_waiters: list[anyio.Event] = []
         self._read_indexes: collections.deque[int] = collections.deque(maxlen=4096)
         self._loaded = anyio.Event()
@@ -539,6 +545,9 @@ class ConsulSource:
             self._sweep_pending.discard(name)
             self._recovery_read(name)
         self.queue.push(sorted(diff.to_read), urgent=True)
+        if diff.removed and diff.to_read:
+            self._holding |= set(diff.to_read)
+            self._holding_until = anyio.current_time() + float(self.config.timeout)
         if full and recovery and not first:
             self._recover("catalog", self.state.tagged)
         elif full:
@@ -923,6 +932,10 @@ class ConsulSource:
     def _read_done(self, name: str) -> None:
         for event in self._read_waiters.pop(name, ()):
             event.set()
+        if name in self._holding:
+            self._holding.discard(name)
+            if not self._holding:
+                self._notify()
         self._sweep_pending.discard(name)
         self._recovery_read(name)
         self._check_sweep_done()
@@ -1052,6 +1065,14 @@ class ConsulSource:
         first = True
         while True:
             self._publish_event = anyio.Event()
+            held = self._holding_until - anyio.current_time() if self._holding else 0.0
+            if held > 0 and not first:
+                # A rename's removal waits for its new name's read (bounded
+                # by the read timeout).
+                with anyio.move_on_after(held):
+                    await self._publish_event.wait()
+                continue
+            self._holding.clear()
             complete = self.complete()
             changed = self.state.take_changed()
             if first or changed or complete != self._last_complete:

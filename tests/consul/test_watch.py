@@ -411,3 +411,24 @@ async def test_a_budget_of_three_has_no_nodes_watch(consul: ConsulDouble) -> Non
     assert consul.request_count("/v1/catalog/nodes") >= 1  # the scan's, never blocking
     assert all("index" not in r.query for r in consul.requests if r.path == "/v1/catalog/nodes")
     assert consul.peak_connections <= 3
+
+
+async def test_a_rename_is_published_whole(consul: ConsulDouble) -> None:
+    """One service ID re-registered under another name (a change of case, a
+    rename): no snapshot lacks both names, so the runtime sees one rename,
+    never a delete and then a create."""
+    consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG,
+                    status="passing")  # fmt: skip
+    async with running(make_source(consul.url)) as seen:
+        first = len(seen.snapshots)
+        # the new name's read is slow (a loaded agent)
+        consul.inject_fault("delay", path_prefix="/v1/health/service/Api", seconds=0.5)
+        consul.register("Api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG,
+                        status="passing")  # fmt: skip
+        await seen.until(
+            lambda s: ("network", "Api") in s.services and ("network", "api") not in s.services,
+            LATENCY,
+            "the rename",
+        )
+        for snapshot in seen.snapshots[first:]:
+            assert {("network", "api"), ("network", "Api")} & set(snapshot.services)
