@@ -802,9 +802,15 @@ def packing(
     slices: Iterable[Mapping[str, Any]], primary: Port | None, default: str | None = None
 ) -> dict[GroupKey, dict[str, list[str]]]:
     """Group -> slice name -> addresses, of a service's live slices
-    (``default``: the source of unannotated slices, see :func:`default_source`)."""
+    (``default``: the source of unannotated slices, see :func:`default_source`).
+
+    A slice with neither ports nor endpoints is a :func:`claim` whose apply
+    did not happen (it failed, or the process died): it belongs to no group,
+    so its name is free for the group that claimed it (and not stale)."""
     out: dict[GroupKey, dict[str, list[str]]] = {}
     for obj in slices:
+        if not obj.get("ports") and not obj.get("endpoints"):
+            continue
         addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
         group = slice_group(obj, primary, default)
         out.setdefault(group, {})[obj["metadata"]["name"]] = addresses

@@ -44,7 +44,7 @@ def converged(kube: KubeDouble, count: int) -> bool:
     if any(per_service[name] != 1 for name in services) or len(slices) != count:
         return False
     return all(
-        [e["addresses"][0] for e in s["endpoints"]]
+        [e["addresses"][0] for e in s.get("endpoints") or []]
         == [f"10.1.{int(s['metadata']['labels'][SERVICE_LABEL][3:])}.1"]
         for s in slices
     )
