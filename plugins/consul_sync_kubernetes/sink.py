@@ -849,25 +849,40 @@ class KubernetesSink:
     async def _apply_object(
         self, resource: Resource, body: dict[str, Any], *, force: bool, create: bool = False
     ) -> None:
-        """Apply ``body``; with ``create`` (the watch shows no such object)
-        first claim the name with a POST: a 409 AlreadyExists then makes
-        ``apply`` read the object and classify it, instead of an apply
-        merging into a stranger's object made since the last watch event."""
+        """Write ``body``.  With ``create`` (the watch shows no such object) a
+        POST of the whole object: a POST never merges, so a name somebody
+        took since the last watch event answers 409 AlreadyExists and
+        ``apply`` reads the object and classifies it.  Otherwise a
+        server-side apply, after handing over to it what the POST that made
+        the object still owns and the apply drops (:func:`.render.hand_over`)."""
         assert self.client is not None
         client = self.client
         informer = self.services if resource is Resource.SERVICES else self.slices
         assert informer is not None
         if create:
-            claim = r.claim(body)
-            informer.put(
-                await self._call(
-                    lambda: client.create(resource, claim, field_manager=FIELD_MANAGER),
-                    expected=(409,),
-                )
+            result = await self._call(
+                lambda: client.create(resource, body, field_manager=FIELD_MANAGER),
+                expected=(409,),
             )
-        result = await self._call(
-            lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
-        )
+        else:
+            meta = body["metadata"]
+            live = informer.store.get(meta["name"])
+            residue = r.creation_residue(live, body, FIELD_MANAGER)
+            if live is not None and residue:
+                patch = {
+                    "metadata": {
+                        "resourceVersion": _meta(live).get("resourceVersion"),
+                        "managedFields": r.hand_over(live, residue, FIELD_MANAGER),
+                    }
+                }
+                informer.put(
+                    await self._call(
+                        lambda: client.merge_patch(resource, meta["namespace"], meta["name"], patch)
+                    )
+                )
+            result = await self._call(
+                lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
+            )
         informer.put(result)
         if resource is Resource.ENDPOINTSLICES:
             self._index_slices({result["metadata"]["name"]})
