@@ -316,6 +316,10 @@ class KubernetesSink:
         self._slice_service: dict[str, str] = {}
         #: key -> (desired service last applied, what it reads back as)
         self._accepted: dict[ServiceKey, tuple[DesiredService, DesiredService]] = {}
+        #: key -> the resourceVersions of its Service and slices right after
+        #: our write: while they stand, the view is what we wrote (no parse,
+        #: no re-render per watch event of our own writes)
+        self._written: dict[ServiceKey, tuple[str, tuple[tuple[str, str], ...]]] = {}
         #: keys being written now: their watch events are ours, not repairs
         self._writing: set[ServiceKey] = set()
         self._foreign_slices: set[str] = set()
@@ -390,6 +394,7 @@ class KubernetesSink:
                     await self._upsert(change.key, change.desired)
         except KubeError as exc:
             self._accepted.pop(change.key, None)
+            self._written.pop(change.key, None)
             raise await self._sink_error(exc, change) from exc
         finally:
             self._writing.discard(change.key)
@@ -724,13 +729,31 @@ class KubernetesSink:
             # It stands for a key no longer desired: to be taken over in place.
             return Observed(key, True, None, r.parse(live, []).sources)
         mine, others = self._slices_for(expected)
+        accepted = self._accepted.get(key)
+        if (
+            not others
+            and accepted is not None
+            and self._written.get(key) == self._fingerprint(live, (mine, others))
+        ):
+            # exactly the objects our last write of this key answered
+            return Observed(key, True, accepted[0], accepted[1].sources)
         parsed = r.parse(live, mine)
         canonical = not others and self._matches(parsed, expected, live, mine)
         service: DesiredService | None = parsed if canonical else None
-        accepted = self._accepted.get(key)
         if canonical and accepted is not None and accepted[1] == parsed:
             service = accepted[0]
         return Observed(key, True, service, parsed.sources)
+
+    @staticmethod
+    def _fingerprint(
+        live: Mapping[str, Any],
+        slices: tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]],
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        mine, others = slices
+        return str(_meta(live).get("resourceVersion", "")), tuple(
+            (_meta(obj)["name"], str(_meta(obj).get("resourceVersion", "")))
+            for obj in (*mine, *others)
+        )
 
     def _slices_for(self, k8s_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Our slices of a Service, and adopted Go-version ones (to delete)."""
@@ -961,6 +984,9 @@ class KubernetesSink:
         await gather(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in stale)
         rendered_back = r.parse(rendered.service, rendered.slices)
         self._accepted[key] = (desired, rendered_back)
+        live = self.services.store.get(k8s_name)
+        if live is not None:
+            self._written[key] = self._fingerprint(live, self._slices_for(k8s_name))
 
     async def _delete(self, key: ServiceKey) -> None:
         """Delete the Services of ours filed under ``key`` now: never one a
@@ -978,6 +1004,7 @@ class KubernetesSink:
             if mapped is not None:
                 waiting.append(mapped)  # a key waiting for this name: retry it now
         self._accepted.pop(key, None)
+        self._written.pop(key, None)
         if waiting:
             self.context.mark_dirty(waiting)
 
