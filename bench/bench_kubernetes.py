@@ -220,7 +220,7 @@ async def ours(
                 # one more instance change: its writes
                 await anyio.sleep(quiet)
                 before = seen.writes()
-                await src.push(upsert=[_flipped(services[-1])])
+                await src.push(upsert=[_flipped(src.services[services[1].key])])
                 await poll(lambda: seen.writes() > before, 30)
                 await anyio.sleep(0.5)
                 out["one_change_writes"] = seen.writes() - before

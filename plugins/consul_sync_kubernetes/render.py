@@ -574,7 +574,8 @@ def _update_entry(live: Mapping[str, Any], manager: str) -> Mapping[str, Any] | 
             and entry.get("operation") == "Update"
             and not entry.get("subresource")
         ):
-            return entry
+            found: Mapping[str, Any] = entry
+            return found
     return None
 
 

@@ -98,7 +98,9 @@ class KubernetesConfig:
         env="MAX_ENDPOINTS_PER_SLICE",
         help="endpoints per EndpointSlice (1-1000)",
     )
-    concurrency: int = setting(8, env="KUBE_CONCURRENCY", help="parallel API writes")
+    concurrency: int = setting(
+        16, env="KUBE_CONCURRENCY", help="parallel API writes (see docs/kubernetes-sink.md)"
+    )
     leader_elect: bool | None = setting(
         None,
         env="LEADER_ELECT",
