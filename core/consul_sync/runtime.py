@@ -26,6 +26,7 @@ import math
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,10 @@ from .plan import Plan, PruneBudget, merge, plan
 from .plugins import transform
 
 log = logging.getLogger("consul_sync.runtime")
+
+#: A pass with more changes than this logs each applied change at debug and
+#: one summary line at info (a cold start: "first pass: 1000 created ...").
+SUMMARY_OVER = 20
 
 
 @attrs.define
@@ -543,6 +548,9 @@ class Runtime:
     ) -> dict[ServiceKey, str]:
         failed: dict[ServiceKey, str] = {}
         sink = state.sink
+        started = self.clock()
+        summarise = len(the_plan.changes) > SUMMARY_OVER
+        done: Counter[Action] = Counter()
 
         async def one(change: Change) -> None:
             rejected = state.rejected.get(change.key)
@@ -578,7 +586,8 @@ class Runtime:
             since = dirty_times.get(change.key)
             if since is not None:
                 self.metrics.change_latency.labels(sink=sink.name).observe(self.clock() - since)
-            log.info(
+            done[change.action] += 1
+            (log.debug if summarise else log.info)(
                 "sink %s: %s %s/%s",
                 sink.name,
                 change.action,
@@ -594,6 +603,18 @@ class Runtime:
         async with anyio.create_task_group() as tg:
             for change in the_plan.changes:
                 tg.start_soon(one, change)
+        if summarise:
+            log.info(
+                "sink %s: %s: %d created, %d updated, %d deleted, %d failed in %.1f s",
+                sink.name,
+                "first pass" if self.passes == 0 else "pass",
+                done[Action.CREATE],
+                done[Action.UPDATE],
+                done[Action.DELETE],
+                len(failed),
+                self.clock() - started,
+                extra={"sink": sink.name},
+            )
         return failed
 
     def _failed(

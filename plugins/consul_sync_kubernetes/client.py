@@ -34,6 +34,7 @@ from kubernetes.config import incluster_config
 log = logging.getLogger("consul_sync.kubernetes.client")
 
 APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
 #: urllib3 retries nothing itself (its default retries a refused connection
 #: three times, each with a "Retrying" warning): the runtime's backoff is
 #: the only one.
@@ -456,6 +457,24 @@ class KubeClient:
             field_manager=field_manager,
             force=force,
             _content_type=APPLY_PATCH,
+        )
+        return result
+
+    def merge_patch(
+        self, resource: Resource, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (``metadata.resourceVersion`` in ``body`` makes it conditional)."""
+        func = self._functions(resource)["patch"]
+        result: dict[str, Any] = self._call(
+            "patch",
+            resource,
+            namespace,
+            name,
+            func,
+            name,
+            namespace,
+            body,
+            _content_type=MERGE_PATCH,
         )
         return result
 

@@ -98,7 +98,9 @@ class KubernetesConfig:
         env="MAX_ENDPOINTS_PER_SLICE",
         help="endpoints per EndpointSlice (1-1000)",
     )
-    concurrency: int = setting(8, env="KUBE_CONCURRENCY", help="parallel API writes")
+    concurrency: int = setting(
+        16, env="KUBE_CONCURRENCY", help="parallel API writes (see docs/kubernetes-sink.md)"
+    )
     leader_elect: bool | None = setting(
         None,
         env="LEADER_ELECT",
@@ -316,6 +318,10 @@ class KubernetesSink:
         self._slice_service: dict[str, str] = {}
         #: key -> (desired service last applied, what it reads back as)
         self._accepted: dict[ServiceKey, tuple[DesiredService, DesiredService]] = {}
+        #: key -> the resourceVersions of its Service and slices right after
+        #: our write: while they stand, the view is what we wrote (no parse,
+        #: no re-render per watch event of our own writes)
+        self._written: dict[ServiceKey, tuple[str, tuple[tuple[str, str], ...]]] = {}
         #: keys being written now: their watch events are ours, not repairs
         self._writing: set[ServiceKey] = set()
         self._foreign_slices: set[str] = set()
@@ -390,6 +396,7 @@ class KubernetesSink:
                     await self._upsert(change.key, change.desired)
         except KubeError as exc:
             self._accepted.pop(change.key, None)
+            self._written.pop(change.key, None)
             raise await self._sink_error(exc, change) from exc
         finally:
             self._writing.discard(change.key)
@@ -724,13 +731,31 @@ class KubernetesSink:
             # It stands for a key no longer desired: to be taken over in place.
             return Observed(key, True, None, r.parse(live, []).sources)
         mine, others = self._slices_for(expected)
+        accepted = self._accepted.get(key)
+        if (
+            not others
+            and accepted is not None
+            and self._written.get(key) == self._fingerprint(live, (mine, others))
+        ):
+            # exactly the objects our last write of this key answered
+            return Observed(key, True, accepted[0], accepted[1].sources)
         parsed = r.parse(live, mine)
         canonical = not others and self._matches(parsed, expected, live, mine)
         service: DesiredService | None = parsed if canonical else None
-        accepted = self._accepted.get(key)
         if canonical and accepted is not None and accepted[1] == parsed:
             service = accepted[0]
         return Observed(key, True, service, parsed.sources)
+
+    @staticmethod
+    def _fingerprint(
+        live: Mapping[str, Any],
+        slices: tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]],
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        mine, others = slices
+        return str(_meta(live).get("resourceVersion", "")), tuple(
+            (_meta(obj)["name"], str(_meta(obj).get("resourceVersion", "")))
+            for obj in (*mine, *others)
+        )
 
     def _slices_for(self, k8s_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Our slices of a Service, and adopted Go-version ones (to delete)."""
@@ -849,25 +874,40 @@ class KubernetesSink:
     async def _apply_object(
         self, resource: Resource, body: dict[str, Any], *, force: bool, create: bool = False
     ) -> None:
-        """Apply ``body``; with ``create`` (the watch shows no such object)
-        first claim the name with a POST: a 409 AlreadyExists then makes
-        ``apply`` read the object and classify it, instead of an apply
-        merging into a stranger's object made since the last watch event."""
+        """Write ``body``.  With ``create`` (the watch shows no such object) a
+        POST of the whole object: a POST never merges, so a name somebody
+        took since the last watch event answers 409 AlreadyExists and
+        ``apply`` reads the object and classifies it.  Otherwise a
+        server-side apply, after handing over to it what the POST that made
+        the object still owns and the apply drops (:func:`.render.hand_over`)."""
         assert self.client is not None
         client = self.client
         informer = self.services if resource is Resource.SERVICES else self.slices
         assert informer is not None
         if create:
-            claim = r.claim(body)
-            informer.put(
-                await self._call(
-                    lambda: client.create(resource, claim, field_manager=FIELD_MANAGER),
-                    expected=(409,),
-                )
+            result = await self._call(
+                lambda: client.create(resource, body, field_manager=FIELD_MANAGER),
+                expected=(409,),
             )
-        result = await self._call(
-            lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
-        )
+        else:
+            meta = body["metadata"]
+            live = informer.store.get(meta["name"])
+            residue = r.creation_residue(live, body, FIELD_MANAGER)
+            if live is not None and residue:
+                patch = {
+                    "metadata": {
+                        "resourceVersion": _meta(live).get("resourceVersion"),
+                        "managedFields": r.hand_over(live, residue, FIELD_MANAGER),
+                    }
+                }
+                informer.put(
+                    await self._call(
+                        lambda: client.merge_patch(resource, meta["namespace"], meta["name"], patch)
+                    )
+                )
+            result = await self._call(
+                lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
+            )
         informer.put(result)
         if resource is Resource.ENDPOINTSLICES:
             self._index_slices({result["metadata"]["name"]})
@@ -946,6 +986,9 @@ class KubernetesSink:
         await gather(partial(self._delete_object, Resource.ENDPOINTSLICES, obj) for obj in stale)
         rendered_back = r.parse(rendered.service, rendered.slices)
         self._accepted[key] = (desired, rendered_back)
+        live = self.services.store.get(k8s_name)
+        if live is not None:
+            self._written[key] = self._fingerprint(live, self._slices_for(k8s_name))
 
     async def _delete(self, key: ServiceKey) -> None:
         """Delete the Services of ours filed under ``key`` now: never one a
@@ -963,6 +1006,7 @@ class KubernetesSink:
             if mapped is not None:
                 waiting.append(mapped)  # a key waiting for this name: retry it now
         self._accepted.pop(key, None)
+        self._written.pop(key, None)
         if waiting:
             self.context.mark_dirty(waiting)
 

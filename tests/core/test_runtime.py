@@ -423,3 +423,27 @@ async def test_a_failing_resync_does_not_end_the_resync_loop(monkeypatch) -> Non
         assert metric(app, "consul_sync_source_errors_total", source="src0") >= 3
         assert dst.count() == 1
         app.runtime.stop()
+
+
+async def test_a_big_pass_logs_one_summary_and_each_change_at_debug(caplog) -> None:
+    app = fake_app()
+    src, dst = source(app), sink(app)
+    src.services = {s.key: s for s in [service(f"s{i}", f"10.0.0.{i}") for i in range(50)]}
+    with caplog.at_level(logging.DEBUG, logger="consul_sync.runtime"):
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.runtime.run)
+            await until(lambda: app.runtime.readiness()[0])
+            await src.push([*src.services.values(), service("s99", "10.0.1.1")])
+            await until(lambda: dst.count() == 51)
+            app.runtime.stop()
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    summaries = [m for m in info if "first pass: " in m]
+    assert len(summaries) == 1
+    assert summaries[0].startswith(
+        "sink sink: first pass: 50 created, 0 updated, 0 deleted, 0 failed in "
+    )
+    assert not any(m.startswith("sink sink: create network/s1") for m in info)
+    assert "sink sink: create network/s1" in debug
+    # a small pass: one line per change, at info
+    assert "sink sink: create network/s99" in info

@@ -9,6 +9,7 @@ request).  Everything talks to the API double on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -113,7 +114,7 @@ async def test_api_5xx(kube: KubeDouble) -> None:
     grafana = foreign_service(kube)
     faults = [
         kube.fail_next(2, method="POST", path_prefix=SERVICES_PATH, status=500),
-        kube.fail_next(2, method="PATCH", path_prefix=SLICES_PATH, status=503),
+        kube.fail_next(2, method="POST", path_prefix=SLICES_PATH, status=503),
     ]
     app = kube_app(kube)
     wanted = [service(f"svc{i}", f"10.0.{i}.1", f"10.0.{i}.2") for i in range(3)]
@@ -285,9 +286,21 @@ async def test_foreign_service_created_between_watch_events(kube: KubeDouble) ->
         assert addresses_of(kube, "web") == []
         assert [e["reason"] for e in kube.list("events", NS)] == ["NameConflict"]
         assert holds(kube, db)
-        assert kube.count("patch", "services") == 1  # db's only
+        # the one write that reached "web": our POST, refused (409 AlreadyExists)
+        assert [
+            (e.method, e.status)
+            for e in kube.exchanges
+            if e.method in ("POST", "PUT", "PATCH", "DELETE") and "web" in (e.name, _posted_name(e))
+        ] == [("POST", 409)]
         await assert_idle(kube, app)
         assert kube.get("services", NS, "web") == web_theirs
+
+
+def _posted_name(exchange: Any) -> str:
+    try:
+        return str(json.loads(exchange.body or b"{}").get("metadata", {}).get("name", ""))
+    except ValueError:
+        return ""
 
 
 async def test_refused_addresses_left_out(

@@ -78,21 +78,21 @@ async def test_writes_run_in_worker_threads_behind_the_capacity_limiter(
     rig.sink.client = KubeClient.for_url(kube.url, token="s3cret")
     client = rig.sink.client
     lock, in_flight, peak, threads = threading.Lock(), [0], [0], set()
-    apply = client.apply
+    create = client.create
 
-    def slow_apply(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def slow_create(*args: Any, **kwargs: Any) -> dict[str, Any]:
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
             threads.add(threading.current_thread().name)
         time.sleep(0.02)
         try:
-            return apply(*args, **kwargs)
+            return create(*args, **kwargs)
         finally:
             with lock:
                 in_flight[0] -= 1
 
-    client.apply = slow_apply  # type: ignore[method-assign]
+    client.create = slow_create  # type: ignore[method-assign]
     await rig.sync([service("big", *addresses(1500))])  # 15 slices, written in parallel
     assert peak[0] == 3
     assert threading.main_thread().name not in threads

@@ -50,7 +50,7 @@ async def test_the_role_grants_exactly_the_requests_the_sink_makes(kube: KubeDou
     await rig.sync([service("web", "10.0.0.1"), service("taken", "10.0.0.2")])
     await rig.sink.observe()  # watches and the Lease
     kube.fail_next(method="PATCH", status=409)  # re-reads: of a slice ...
-    await rig.sync([service("web", "10.0.0.1", "fd00::1")])
+    await rig.sync([service("web", "10.0.0.1", "10.0.0.3", "fd00::1")])
     kube.fail_next(method="PATCH", path_prefix="/api/v1/namespaces/network/services", status=409)
     await rig.sync([service("web", "10.0.0.1", "fd00::1", labels={"team": "a"})])  # ... a Service
     await rig.sync([service("web", "10.0.0.1")])

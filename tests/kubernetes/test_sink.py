@@ -47,18 +47,21 @@ async def test_creates_a_headless_service_and_slices_the_seed_commands_show(
     assert slice_obj is not None
     assert slice_obj["metadata"]["ownerReferences"][0]["uid"] == svc["metadata"]["uid"]
     assert [e["conditions"]["ready"] for e in slice_obj["endpoints"]] == [True, False]
-    # each new object: a POST claims the name (never merging into somebody
-    # else's), then server-side apply, field manager consul-sync
+    # each new object: one POST of the whole object (never merging into
+    # somebody else's), field manager consul-sync
     assert [(w.method, w.path.rsplit("/", 1)[-1]) for w in kube.writes()] == [
         ("POST", "services"),
-        ("PATCH", "web"),
         ("POST", "endpointslices"),
-        ("PATCH", "web-v4-8080"),
     ]
     assert {w.query.get("fieldManager") for w in kube.writes()} == {"consul-sync"}
-    assert {w.content_type for w in kube.writes() if w.method == "PATCH"} == {
-        "application/apply-patch+yaml"
-    }
+    # later changes: server-side apply
+    kube.reset_log()
+    await rig.sync([service("web", "10.0.10.11", app_protocol="http")])
+    assert [(w.method, w.path.rsplit("/", 1)[-1]) for w in kube.writes()] == [
+        ("PATCH", "web-v4-8080")
+    ]
+    assert {w.content_type for w in kube.writes()} == {"application/apply-patch+yaml"}
+    await rig.sync([web])
     assert rig.sink._view[web.key].service == web
     # the watch-fed view answers every question: no GET per object
     assert kube.count("get") == 0
@@ -74,6 +77,48 @@ async def test_labels_the_service_stops_carrying_are_removed(kube: KubeDouble) -
     assert live["metadata"]["labels"]["team"] == "media"
     kube.reset_log()
     assert (await rig.sync([service("web", "10.0.0.1", labels={"team": "media"})])).empty
+
+
+async def test_what_the_creating_post_wrote_is_removed_when_a_later_apply_drops_it(
+    kube: KubeDouble,
+) -> None:
+    """The POST that creates an object owns its fields under an ``Update``
+    entry: a field a later rendering drops is handed over to the apply first
+    (one merge patch of managedFields), so the apply removes it; a change
+    that drops nothing is one apply."""
+    rig = make_sink(kube)
+    two_ports = DesiredService(
+        name="web",
+        namespace=NS,
+        ports=[Port("http", 80, "TCP", "http"), Port("admin", 9000)],
+        endpoints=[Endpoint("10.0.0.1")],
+        sources=["consul"],
+    )
+    await rig.sync([two_ports])
+    kube.reset_log()
+    one_port = DesiredService(
+        name="web",
+        namespace=NS,
+        ports=[Port("http", 80)],
+        endpoints=[Endpoint("10.0.0.1"), Endpoint("10.0.0.2")],
+        sources=["consul"],
+    )
+    await rig.sync([one_port])
+    live = kube.get("services", NS, "web")
+    assert live is not None
+    assert [(p["port"], p.get("appProtocol")) for p in live["spec"]["ports"]] == [(80, None)]
+    assert [(w.method, w.content_type) for w in kube.writes()] == [
+        ("PATCH", "application/merge-patch+json"),  # the Service: handed over ...
+        ("PATCH", "application/apply-patch+yaml"),  # ... and applied
+        ("PATCH", "application/apply-patch+yaml"),  # the slice (atomic lists: nothing to hand)
+    ]
+    managers = {(m["manager"], m["operation"]) for m in live["metadata"]["managedFields"]}
+    assert managers <= {("consul-sync", "Update"), ("consul-sync", "Apply")}
+    kube.reset_log()
+    assert (await rig.sync([one_port])).empty
+    assert writes(kube) == []
+    await rig.sync([two_ports])  # back: an apply alone
+    assert [w.content_type for w in kube.writes()] == ["application/apply-patch+yaml"] * 2
 
 
 async def test_ipv4_ipv6_and_hostname_instances_make_three_address_types(
@@ -272,17 +317,15 @@ async def test_a_foreign_slice_with_our_slice_name_is_left_alone(kube: KubeDoubl
     )
     before = kube.get(SLICES, NS, "web-v4-8080")
     rig = make_sink(kube)
-    # the POST claiming the slice's name: 409 AlreadyExists, read, not ours, another name
+    # the POST of the slice: 409 AlreadyExists, read, not ours, another name
     await rig.sync([service("web", "10.0.0.1")])
     assert [(e.verb, e.name, e.status) for e in kube.exchanges if e.verb != "watch"] == [
         ("list", "", 200),
         ("list", "", 200),
         ("create", "", 201),
-        ("patch", "web", 200),
         ("create", "", 409),
         ("get", "web-v4-8080", 200),
         ("create", "", 201),
-        ("patch", "web-v4-8080-2", 200),
     ]
     assert kube.get(SLICES, NS, "web-v4-8080") == before
     assert names(kube, SLICES, OURS) == ["web-v4-8080-2"]
@@ -389,11 +432,11 @@ async def test_a_409_is_read_again_and_retried(kube: KubeDouble) -> None:
 
 async def test_429_and_5xx_back_off_honouring_retry_after(kube: KubeDouble) -> None:
     rig = make_sink(kube)
-    kube.fail_next(method="PATCH", status=429, retry_after=7)
+    kube.fail_next(method="POST", status=429, retry_after=7)
     with pytest.raises(SinkError) as caught:
         await rig.sync([service("web", "10.0.0.1")])
     assert caught.value.retryable and caught.value.retry_after == 7
-    kube.fail_next(method="PATCH", status=503)
+    kube.fail_next(method="POST", status=503)
     with pytest.raises(SinkError) as caught:
         await rig.sync([service("web", "10.0.0.1")])
     assert caught.value.retryable and "busy or unreachable" in str(caught.value)
@@ -424,12 +467,12 @@ async def test_a_422_names_the_service_and_the_reason_and_is_not_retried(
 
 
 async def test_a_403_names_the_missing_rbac_rule(kube: KubeDouble) -> None:
-    kube.deny("patch", "endpointslices")
+    kube.deny("create", "endpointslices")
     rig = make_sink(kube)
     with pytest.raises(SinkError) as caught:
         await rig.sync([service("web", "10.0.0.1")])
     message = str(caught.value)
-    assert "verb 'patch' on 'endpointslices' (API group 'discovery.k8s.io')" in message
+    assert "verb 'create' on 'endpointslices' (API group 'discovery.k8s.io')" in message
     assert "namespace 'network'" in message
     assert rig.metric("consul_sync_kubernetes_errors_total") == 1
 
@@ -487,7 +530,18 @@ async def test_a_rename_in_consul_onto_the_same_name_is_planned_as_one_update(
     live = kube.get("services", NS, "home-assistant")
     assert live is not None and live["metadata"]["uid"] == uid
     assert r.NAME_ANNOTATION not in live["metadata"]["annotations"]  # stands for itself now
-    assert writes(kube) == [("PATCH", f"/api/v1/namespaces/{NS}/services/home-assistant")]
+    # the annotation the POST that made the Service wrote (and so still owns
+    # under its Update entry) is handed over to the apply first, which then
+    # removes it: a merge patch of managedFields, then the apply
+    assert writes(kube) == [("PATCH", f"/api/v1/namespaces/{NS}/services/home-assistant")] * 2
+    assert [w.content_type for w in kube.writes()] == [
+        "application/merge-patch+json",
+        "application/apply-patch+yaml",
+    ]
+    kube.reset_log()
+    assert (await rig.sync([service("home-assistant", "10.0.0.1")])).empty
+    await rig.sync([service("Home_Assistant", "10.0.0.1")])  # back: one apply, nothing to hand
+    assert [w.content_type for w in kube.writes()] == ["application/apply-patch+yaml"]
 
 
 async def test_an_old_name_is_its_own_view_entry_planned_as_a_delete(kube: KubeDouble) -> None:
