@@ -342,10 +342,11 @@ input[type=search]{flex:1 1 12em;font-size:1em;padding:6px}
 button{font-size:1em;padding:6px 12px}
 .num{white-space:nowrap}
 @media (max-width:640px){
- table.svc thead{display:none}
- table.svc tr{display:block;border-bottom:1px solid #8886;padding:6px 0}
- table.svc td{display:block;border:0;padding:2px 4px}
- table.svc td[data-l]::before{content:attr(data-l) ": ";color:var(--mute);font-size:.85em}
+ table.card thead{display:none}
+ table.card tr{display:block;border-bottom:1px solid #8886;padding:6px 0}
+ table.card td{display:block;border:0;padding:2px 4px}
+ table.card td:empty{display:none}
+ table.card td[data-l]::before{content:attr(data-l) ": ";color:var(--mute);font-size:.85em}
 }
 """
 
@@ -388,18 +389,22 @@ def render_html(document: Mapping[str, Any], params: Mapping[str, str]) -> str:
         f"problem</span> · endpoints {ep['ready']} ready, {ep['not_ready']} not ready, "
         f"{ep['total']} total</p>"
     )
-    add("<h2>Sources</h2><div class=wrap><table id=sources><thead><tr><th>source</th>")
+    add("<h2>Sources</h2><div class=wrap><table class=card id=sources><thead><tr><th>source</th>")
     add("<th>type</th><th>complete</th><th>services</th><th>last good read</th>")
     add("<th>errors</th></tr></thead><tbody>")
     for source in document["sources"]:
         last = source["last_read"] or source["last_complete"] or "never"
         add(
-            f"<tr><td>{_e(source['name'])}</td><td>{_e(source['type'])}</td>"
-            f"<td>{_yes(source['complete'])}</td><td class=num>{source['services']}</td>"
-            f"<td class=num>{_e(last)}</td><td>{_list(source['errors'], 'bad')}</td></tr>"
+            f'<tr><td data-l="source">{_e(source["name"])}</td>'
+            f'<td data-l="type">{_e(source["type"])}</td>'
+            f'<td data-l="complete">{_yes(source["complete"])}</td>'
+            f'<td data-l="services" class=num>{source["services"]}</td>'
+            f'<td data-l="last good read" class=num>{_e(last)}</td>'
+            f'<td data-l="errors">{_list(source["errors"], "bad")}</td></tr>'
         )
     add("</tbody></table></div>")
-    add("<h2>Sinks</h2><div class=wrap><table id=sinks><thead><tr><th>sink</th><th>type</th>")
+    add("<h2>Sinks</h2><div class=wrap><table class=card id=sinks>")
+    add("<thead><tr><th>sink</th><th>type</th>")
     add("<th>role</th><th>API reachable</th><th>held deletes</th><th>conflicts</th>")
     add("<th>notes</th></tr></thead><tbody>")
     for sink in document["sinks"]:
@@ -410,11 +415,14 @@ def render_html(document: Mapping[str, Any], params: Mapping[str, str]) -> str:
         notes += [f"{k}: {m}" for k, m in sink["failing"].items()][:20]
         notes += [f"withheld delete {k}" for k in sink["withheld_deletes"]][:20]
         add(
-            f"<tr><td>{_e(sink['name'])}</td><td>{_e(sink['type'])}</td><td>{role}</td>"
-            f"<td>{_yes(sink['reachable'])}</td>"
-            f"<td>{len(sink['held_deletes'])}{_list(sink['held_deletes'][:20], 'warn')}</td>"
-            f"<td>{len(sink['conflicts'])}{_list(sink['conflicts'][:20], 'bad')}</td>"
-            f"<td>{_list(notes)}</td></tr>"
+            f'<tr><td data-l="sink">{_e(sink["name"])}</td>'
+            f'<td data-l="type">{_e(sink["type"])}</td><td data-l="role">{role}</td>'
+            f'<td data-l="API reachable">{_yes(sink["reachable"])}</td>'
+            f'<td data-l="held deletes">{len(sink["held_deletes"])}'
+            f"{_list(sink['held_deletes'][:20], 'warn')}</td>"
+            f'<td data-l="conflicts">{len(sink["conflicts"])}'
+            f"{_list(sink['conflicts'][:20], 'bad')}</td>"
+            f'<td data-l="notes">{_list(notes)}</td></tr>'
         )
     add("</tbody></table></div>")
     add("<h2>Services</h2>")
@@ -433,7 +441,7 @@ def render_html(document: Mapping[str, Any], params: Mapping[str, str]) -> str:
         more = f' — <a href="{_e(link)}">show all</a>'
     add(f'<p class="sub" id="shown">{shown} of {total} shown{more}</p>')
     sink_names = [s["name"] for s in document["sinks"]]
-    add('<div class=wrap><table class="svc" id="services"><thead><tr><th>service</th>')
+    add('<div class=wrap><table class="card" id="services"><thead><tr><th>service</th>')
     add("<th>name in sink</th><th>endpoints</th><th>not ready / notes</th>")
     add("<th>last change</th></tr></thead><tbody>")
     for row in document["services"]:
