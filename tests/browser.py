@@ -9,7 +9,9 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 #: A phone's viewport (the page must read on one).
@@ -64,3 +66,14 @@ def visible_text(document: str) -> str:
     body = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", body, flags=re.S)
     text = html.unescape(re.sub(r"<[^>]+>", " ", body))
     return re.sub(r"\s+", " ", text)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())

@@ -10,11 +10,9 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,21 +21,11 @@ import pytest
 
 from consul_sync.cli import main
 from tests import browser
+from tests.browser import fetch, free_port
 from tests.fakes.consul_double import ConsulDouble
 
 TAG = ["kubernetes"]
 TOKEN = "b1946ac9-2b8e-4f4c-secret-9b2c4a8f6d1e"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        return str(reply.read().decode())
 
 
 @pytest.fixture
