@@ -1,7 +1,7 @@
 """The ``consul-sync`` command.
 
 ``run`` (default), ``run --once``, ``plan``, ``render``, ``plugins``,
-``check-config``; ``--config FILE``; ``--version``.
+``check-config``, ``status``; ``--config FILE``; ``--version``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -22,6 +24,7 @@ import pluggy
 import yaml
 
 from . import logs
+from . import status as status_page
 from ._version import __version__
 from .config import Settings, effective, load_settings, secrets_of
 from .errors import ConfigError, ConsulSyncError
@@ -115,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", help="validate and print the effective configuration (secrets masked)"
     )
+    status = commands.add_parser(
+        "status",
+        help="print the status page of a running consul-sync (its /status.json) as a table",
+    )
+    status.add_argument(
+        "--addr",
+        metavar="HOST:PORT",
+        help="where it serves METRICS_ADDR (default: METRICS_ADDR, else 127.0.0.1:8080)",
+    )
+    status.add_argument("-q", "--query", metavar="TEXT", help="only services whose name has TEXT")
+    status.add_argument("--problems", action="store_true", help="only services with a problem")
+    status.add_argument("--json", action="store_true", help="print the JSON document as it is")
     return parser
 
 
@@ -143,6 +158,8 @@ def main(
         return EXIT_FAILED
     if command == "plugins":
         return _plugins(pm, registry, out)
+    if command == "status":
+        return _status(args, env, out)
     try:
         settings = load_settings(registry, path=args.config, environ=env)
     except ConfigError as exc:
@@ -194,6 +211,33 @@ def _leave_abandoned_calls(code: int) -> None:
 def _exit_on_signal(signum: int, _frame: object) -> None:
     log.info("received %s during start-up; exiting", signal.Signals(signum).name)
     raise SystemExit(EXIT_OK)
+
+
+def _status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """``consul-sync status``: GET /status.json from a running consul-sync."""
+    addr = args.addr or env.get("METRICS_ADDR") or "127.0.0.1:8080"
+    try:
+        host, port = parse_listen_address(addr if ":" in addr else f"{addr}:8080")
+    except ValueError as exc:
+        print(f"consul-sync: --addr: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"  # a listen address: ask it on this machine
+    params = {"q": args.query or "", "problem": "1" if args.problems else ""}
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/status.json" + (f"?{query}" if query else "")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            document = json.loads(reply.read())
+    except (OSError, ValueError) as exc:
+        print(f"consul-sync: cannot read {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(document, indent=2), file=out)
+    else:
+        out.write(status_page.render_table(document))
+    return EXIT_OK
 
 
 def _plugins(pm: pluggy.PluginManager, registry: TypeRegistry, out: TextIO) -> int:
@@ -270,7 +314,12 @@ async def _once(app: App) -> int:
 
 async def serve(app: App, commit: str | None = None) -> int:
     """Run until SIGTERM/SIGINT: probes, signals and the runtime in one task group."""
-    probes = ProbeServer(app.runtime.readiness, app.metrics.registry, commit=commit)
+    probes = ProbeServer(
+        app.runtime.readiness,
+        app.metrics.registry,
+        commit=commit,
+        status=lambda: status_page.collect(app.runtime),
+    )
     try:
         parse_listen_address(app.settings.metrics_addr)
     except ValueError as exc:

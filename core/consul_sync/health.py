@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from . import status
 from ._version import __version__
 
 log = logging.getLogger("consul_sync.health")
@@ -40,14 +42,17 @@ class ProbeServer:
         registry: CollectorRegistry,
         *,
         commit: str | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.readiness = readiness
         self.registry = registry
         self.commit = commit
+        #: The status document (consul_sync.status.collect); None: no status page.
+        self.status = status
         self.port: int | None = None
 
     def answer(self, method: str, path: str) -> tuple[int, str, bytes]:
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         if method not in ("GET", "HEAD"):
             return 405, "text/plain; charset=utf-8", b"method not allowed\n"
         if path == "/healthz":
@@ -60,7 +65,19 @@ class ProbeServer:
         if path == "/version":
             body = json.dumps({"version": __version__, "commit": self.commit}).encode()
             return 200, "application/json", body
+        if self.status is not None and path in ("/", "/status.json"):
+            return self._status(path, query)
         return 404, "text/plain; charset=utf-8", b"not found\n"
+
+    def _status(self, path: str, query: str) -> tuple[int, str, bytes]:
+        params = status.parse_query(query)
+        assert self.status is not None
+        document = self.status()
+        if path == "/status.json":
+            return 200, "application/json", status.to_json(status.select(document, params))
+        chosen = status.select(document, params, default_limit=status.DEFAULT_LIMIT)
+        page = status.render_html(chosen, params)
+        return 200, "text/html; charset=utf-8", page.encode()
 
     async def handle(self, stream: anyio.abc.ByteStream) -> None:
         async with stream:
@@ -105,7 +122,8 @@ class ProbeServer:
         )
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
         self.port = int(sockname[1])
-        log.info("serving /healthz /readyz /metrics /version on %s:%d", host, self.port)
+        paths = "/healthz /readyz /metrics /version" + (" / /status.json" if self.status else "")
+        log.info("serving %s on %s:%d", paths, host, self.port)
         task_status.started(self.port)
         async with listener:
             await listener.serve(self.handle)

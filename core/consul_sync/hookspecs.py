@@ -15,6 +15,12 @@ may accept any subset of a hook's parameters.
 The built-in ``consul`` (sources ``consul`` and ``file``) and ``kubernetes``
 (sinks ``kubernetes`` and ``manifests``) plugins use nothing but these hooks.
 ``docs/plugins.md`` documents each hook; a test fails when one is missing.
+
+The status page asks nothing of hooks: sources say why an instance is not
+ready in ``Endpoint.reason`` (declared ``eq=False``: a reason that changes
+alone causes no write and no re-plan), and sources and sinks may add an
+optional ``status_notes(keys) -> {key: StatusNote}`` method (names, renamed
+or skipped and why); see ``docs/plugins.md``, "What the status page asks".
 """
 
 from __future__ import annotations

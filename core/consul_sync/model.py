@@ -64,6 +64,16 @@ class Endpoint:
     ``manifests`` sinks do, per EndpointSlice) read it back, so that what a
     source that is unreachable now contributed can be kept
     (:func:`consul_sync.plan.plan`).
+
+    ``reason`` says, in the operator's words, why a not-ready instance is
+    not ready (``check 'HTTP on :8123' is critical``, ``in maintenance``,
+    ``node n1: serfHealth is critical``); ``None`` for a ready one or when
+    the source cannot tell.  It is for people (the status page), never
+    written to a sink, and left out of ``==`` and ordering (``eq=False``):
+    a check whose output or name changes while the instance stays
+    not-ready causes no write and no re-plan.  The text shown is therefore
+    the one of the service's last re-plan (any change of the service, or
+    the periodic full resync).
     """
 
     address: str
@@ -75,6 +85,7 @@ class Endpoint:
     zone: str | None = None
     node_name: str | None = None
     source: str | None = attrs.field(default=None, order=False)
+    reason: str | None = attrs.field(default=None, eq=False, order=False)
 
 
 def _sorted_endpoints(value: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
@@ -191,6 +202,28 @@ class Change:
     key: ServiceKey
     desired: DesiredService | None = None
     observed: Observed | None = None
+
+
+def _tuple_of_notes(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class StatusNote:
+    """What a source or a sink has to say about one key on the status page.
+
+    Returned by the optional ``status_notes(keys)`` method of a source or a
+    sink (see ``docs/plugins.md``): ``name`` is what the key is called
+    there when that differs from the key's name (the Kubernetes name of a
+    sanitised Consul name); ``notes`` are short sentences for people
+    (renamed and why, instances left out and why, a name conflict);
+    ``skipped`` is True when the service is not written there at all.
+    Never put secrets in them.
+    """
+
+    name: str | None = None
+    notes: tuple[str, ...] = attrs.field(converter=_tuple_of_notes, default=())
+    skipped: bool = False
 
 
 class _Drop(enum.Enum):

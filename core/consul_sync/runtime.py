@@ -84,6 +84,28 @@ class SinkState:
 
 
 @attrs.define
+class SourceTrack:
+    """What the status page shows of a source (wall-clock times)."""
+
+    #: When the source last delivered a complete snapshot.
+    last_complete: float | None = None
+    #: The last error the runtime saw from it (a crash or a failed resync read).
+    error: str | None = None
+    error_at: float | None = None
+
+
+@attrs.frozen
+class Applied:
+    """The last change applied to a key: when (wall clock), by which sink,
+    and how long from the source's change to the apply (``None``: unknown)."""
+
+    at: float
+    sink: str
+    action: str
+    seconds: float | None
+
+
+@attrs.define
 class PassResult:
     """What one reconcile pass did, per sink."""
 
@@ -140,6 +162,11 @@ class Runtime:
         self.passes = 0
         #: Changes whenever a desired key appears or disappears.
         self.keys_version = 0
+        #: For the status page (consul_sync.status): per source, and per key
+        #: the last change applied; wall-clock times from ``wall``.
+        self.wall: Callable[[], float] = time.time
+        self.source_track: dict[str, SourceTrack] = {s.name: SourceTrack() for s in self.sources}
+        self.applied: dict[ServiceKey, Applied] = {}
 
     # --- publishing -------------------------------------------------------
 
@@ -175,6 +202,8 @@ class Runtime:
                 extra={"source": name},
             )
         self.snapshots[name] = snapshot
+        if snapshot.complete:
+            self.source_track.setdefault(name, SourceTrack()).last_complete = self.wall()
         self.metrics.source_services.labels(source=name).set(len(services))
         self.metrics.source_complete.labels(source=name).set(1 if snapshot.complete else 0)
         if snapshot.complete and previous is not None and not previous.complete:
@@ -381,6 +410,7 @@ class Runtime:
                 snapshot = await source.snapshot()
             except Exception as exc:
                 self.metrics.source_errors.labels(source=source.name).inc()
+                self._source_error(source.name, f"fresh read failed: {exc}")
                 log.error(
                     "source %s: fresh read failed: %s",
                     source.name,
@@ -587,6 +617,7 @@ class Runtime:
             if since is not None:
                 self.metrics.change_latency.labels(sink=sink.name).observe(self.clock() - since)
             done[change.action] += 1
+            self._record_applied(sink.name, change, since)
             (log.debug if summarise else log.info)(
                 "sink %s: %s %s/%s",
                 sink.name,
@@ -616,6 +647,17 @@ class Runtime:
                 extra={"sink": sink.name},
             )
         return failed
+
+    def _record_applied(self, sink: str, change: Change, since: float | None) -> None:
+        if change.action is Action.DELETE:
+            self.applied.pop(change.key, None)
+            return
+        seconds = None if since is None else max(0.0, self.clock() - since)
+        self.applied[change.key] = Applied(self.wall(), sink, change.action.value, seconds)
+
+    def _source_error(self, name: str, message: str) -> None:
+        track = self.source_track.setdefault(name, SourceTrack())
+        track.error, track.error_at = message, self.wall()
 
     def _failed(
         self,
@@ -715,6 +757,7 @@ class Runtime:
                 return
             except Exception as exc:
                 self.metrics.source_errors.labels(source=source.name).inc()
+                self._source_error(source.name, str(exc))
                 previous = self.snapshots.get(source.name)
                 if previous is not None and previous.complete:
                     self.accept(attrs.evolve(previous, complete=False, changed=frozenset()))
@@ -742,6 +785,7 @@ class Runtime:
                         self.accept(await source.snapshot())
                 except Exception as exc:  # a failing source must not end the resync loop
                     self.metrics.source_errors.labels(source=source.name).inc()
+                    self._source_error(source.name, f"resync read failed: {exc}")
                     log.error("source %s: resync read failed: %s", source.name, exc)
             self.request_resync()
 

@@ -77,6 +77,8 @@ class Instance:
     meta: tuple[tuple[str, str], ...] = attrs.field(converter=freeze_pairs, default=())
     health: Health = Health.PASSING
     node: str | None = None
+    #: Why it is not passing, for people (:func:`reason_of`); not compared.
+    reason: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -127,6 +129,7 @@ def to_desired(
                 ready=ready,
                 serving=serving,
                 node_name=None,
+                reason=None if ready else instance.reason,
             )
         )
     service = DesiredService(
@@ -224,6 +227,39 @@ def health_of(checks: Iterable[tuple[str, str]]) -> Health:
             return Health.MAINTENANCE
         statuses.append(status)
     return worst(statuses)
+
+
+def reason_of(
+    service_checks: Iterable[tuple[str, str]],
+    node_checks: Iterable[tuple[str, str]],
+    *,
+    node: str | None = None,
+    names: Mapping[str, str] | None = None,
+) -> str | None:
+    """Why an instance is not passing, in the operator's words (``None``
+    when it is): maintenance first, then each check that is not passing,
+    the worst first — ``check 'HTTP on :8123' is critical``, ``node n1:
+    serfHealth is critical``.  ``names`` maps a service check's CheckID to
+    its Name (the CheckID is shown when there is none)."""
+    names = names or {}
+    where = f"node {node}" if node else "the node"
+    rank = {"passing": 0, "warning": 1}
+    found: list[tuple[int, str]] = []
+    for check_id, status in node_checks:
+        if check_id == NODE_MAINTENANCE and status != "passing":
+            return f"{where} is in maintenance"
+        if status != "passing":
+            found.append((rank.get(status, 2), f"{where}: {check_id} is {status}"))
+    for check_id, status in service_checks:
+        if is_maintenance(check_id) and status != "passing":
+            return "in maintenance"
+        if status != "passing":
+            label = names.get(check_id) or check_id
+            found.append((rank.get(status, 2), f"check {label!r} is {status}"))
+    if not found:
+        return None
+    found.sort(key=lambda item: -item[0])
+    return "; ".join(text for _, text in found)
 
 
 def str_map(value: object) -> Mapping[str, str]:

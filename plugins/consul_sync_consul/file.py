@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,9 +26,9 @@ import anyio
 import attrs
 
 from consul_sync import Context, DesiredService, Duration, Snapshot, setting
-from consul_sync.model import Publish, ServiceKey
+from consul_sync.model import Publish, ServiceKey, StatusNote
 
-from .convert import Instance, group, has_tag, str_map, to_desired
+from .convert import META_NAME, Instance, group, has_tag, str_map, to_desired
 
 log = logging.getLogger("consul_sync.file")
 
@@ -47,6 +48,8 @@ class FileConfig:
 class _Parsed:
     instances: tuple[Instance, ...]
     problems: tuple[str, ...]
+    #: (name, tags, problem) of each named service that was skipped.
+    skipped: tuple[tuple[str, tuple[str, ...], str], ...] = ()
 
 
 def parse_definitions(data: Any, where: str, node_address: str | None) -> _Parsed:
@@ -62,14 +65,19 @@ def parse_definitions(data: Any, where: str, node_address: str | None) -> _Parse
         entries = [(f"services[{i}]", item) for i, item in enumerate(raw)]
     else:
         return _Parsed((), ())  # agent configuration, not a registration
-    instances, problems = [], []
+    instances, problems, skipped = [], [], []
     for path, entry in entries:
         instance, problem = _instance(entry, f"{where}: {path}", node_address)
         if problem:
             problems.append(problem)
+            name = _field(entry, "name") if isinstance(entry, dict) else None
+            raw = _field(entry, "tags") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name.strip():
+                tags = tuple(t for t in raw if isinstance(t, str)) if isinstance(raw, list) else ()
+                skipped.append((name, tags, problem))
         if instance is not None:
             instances.append(instance)
-    return _Parsed(tuple(instances), tuple(problems))
+    return _Parsed(tuple(instances), tuple(problems), tuple(skipped))
 
 
 def _field(entry: dict[str, Any], name: str) -> Any:
@@ -125,6 +133,11 @@ class FileSource:
         self.namespace = config.namespace or context.namespace
         self._good: dict[Path, tuple[Instance, ...]] = {}
         self._reported: set[str] = set()
+        #: For the status page: wall-clock time of the last good read, the
+        #: services skipped (name -> why) and the Consul names of renamed keys.
+        self.last_read: float | None = None
+        self._skipped: dict[str, list[str]] = {}
+        self._names: dict[ServiceKey, str] = {}
 
     def _files(self) -> Iterator[Path]:
         root = Path(self.config.path)
@@ -150,6 +163,7 @@ class FileSource:
         complete = True
         problems: list[str] = []
         instances: list[Instance] = []
+        skipped: dict[str, list[str]] = {}
         seen: set[Path] = set()
         root = Path(self.config.path)
         if not root.exists():
@@ -169,6 +183,9 @@ class FileSource:
                 continue
             parsed = parse_definitions(data, str(path), self.config.node_address)
             problems.extend(parsed.problems)
+            for name, tags, problem in parsed.skipped:
+                if has_tag(tags, self.config.tag):
+                    skipped.setdefault(name, []).append(problem)
             self._good[path] = parsed.instances
             instances.extend(parsed.instances)
         for gone in set(self._good) - seen:
@@ -178,10 +195,26 @@ class FileSource:
                 log.error(problem, extra={"source": self.name})
                 self.context.metrics.invalid.labels(source=self.name).inc()
         self._reported = set(problems)
+        self._skipped = skipped
+        if complete:
+            self.last_read = time.time()
         return Snapshot.of(self.name, self._services(instances), complete=complete)
+
+    def status_notes(self, keys: object = None) -> dict[ServiceKey, StatusNote]:
+        """For the status page: renamed keys (Meta k8s-name) and skipped services."""
+        notes = {
+            key: StatusNote(name=name, notes=[f"named {key[1]!r} by Meta {META_NAME}"])
+            for key, name in self._names.items()
+        }
+        for name, why in self._skipped.items():
+            key = (self.namespace, name)
+            if key not in notes:
+                notes[key] = StatusNote(notes=why, skipped=True)
+        return notes
 
     def _services(self, instances: list[Instance]) -> list[DesiredService]:
         services: dict[ServiceKey, DesiredService] = {}
+        self._names = {}
         for name, members in sorted(group(instances).items()):
             if not any(has_tag(i.tags, self.config.tag) for i in members):
                 continue
@@ -205,6 +238,8 @@ class FileSource:
                 )
                 continue
             services[service.key] = service
+            if service.name != name:
+                self._names[service.key] = name
         return list(services.values())
 
     async def snapshot(self) -> Snapshot:

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from .convert import Health, Instance, health_of, str_map
+from .convert import Health, Instance, health_of, reason_of, str_map
 
 
 class Malformed(ValueError):
@@ -77,11 +77,14 @@ class Entry:
     kind: str = ""
     service_checks: tuple[tuple[str, str], ...] = ()
     node_checks: tuple[tuple[str, str], ...] = ()
+    #: CheckID -> Name of the service checks (for the status page's reasons).
+    check_names: tuple[tuple[str, str], ...] = attrs.field(default=(), eq=False)
 
     def instance(self, node_checks: Iterable[tuple[str, str]] | None = None) -> Instance:
         """The instance for :func:`convert.to_desired`; ``node_checks``
         overrides the node checks read with the entry (a fresher view)."""
         nodes = self.node_checks if node_checks is None else tuple(node_checks)
+        health = health_of((*self.service_checks, *nodes))
         return Instance(
             service=self.service,
             id=self.id,
@@ -89,8 +92,13 @@ class Entry:
             port=self.port,
             tags=self.tags,
             meta=self.meta,
-            health=health_of((*self.service_checks, *nodes)),
+            health=health,
             node=self.node,
+            reason=None
+            if health is Health.PASSING
+            else reason_of(
+                self.service_checks, nodes, node=self.node, names=dict(self.check_names)
+            ),
         )
 
     @property
@@ -146,11 +154,14 @@ def health_service(name: str, body: Any) -> ParsedService:
             tags = []
         service_checks: list[tuple[str, str]] = []
         node_checks: list[tuple[str, str]] = []
+        check_names: list[tuple[str, str]] = []
         for check in checks:
             if not isinstance(check, dict):
                 raise Malformed(f"health/service/{name}: a check of {label} is not an object")
             pair = (str(check.get("CheckID", "")), str(check.get("Status", "critical")))
             (service_checks if check.get("ServiceID") else node_checks).append(pair)
+            if check.get("ServiceID") and check.get("Name") and pair[1] != "passing":
+                check_names.append((pair[0], str(check["Name"])))
         kind = service.get("Kind") or ""
         entries.append(
             Entry(
@@ -164,6 +175,7 @@ def health_service(name: str, body: Any) -> ParsedService:
                 kind=kind if isinstance(kind, str) else str(kind),
                 service_checks=tuple(sorted(service_checks)),
                 node_checks=tuple(sorted(node_checks)),
+                check_names=tuple(check_names),
             )
         )
     return ParsedService(tuple(entries), tuple(problems), len(body))

@@ -37,6 +37,7 @@ import collections
 import enum
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from typing import ClassVar, TypeVar
 from urllib.parse import quote
@@ -46,7 +47,7 @@ import attrs
 
 from consul_sync import Context, Duration, Snapshot, SourceError, secret, setting
 from consul_sync.config import ValueProblem
-from consul_sync.model import Publish
+from consul_sync.model import Publish, ServiceKey, StatusNote
 
 from . import parse
 from .api import (
@@ -284,7 +285,25 @@ class ConsulSource:
         self.nodes_watch = config.max_connections >= 4
         #: Readers: the budget less the long-polls.
         self.read_slots = config.max_connections - (3 if self.nodes_watch else 2)
+        #: Wall-clock time of the last successful answer from Consul (status page).
+        self.last_read: float | None = None
+        #: Consul name -> why instances of it were skipped (status page).
+        self._skip_reasons: dict[str, tuple[str, ...]] = {}
         self._reset_state()
+
+    # --- the status page (consul_sync.status) -----------------------------------
+
+    def status_notes(self, keys: object = None) -> dict[ServiceKey, StatusNote]:
+        return self.state.status_notes(self._skip_reasons)
+
+    def problems(self) -> list[str]:
+        found = list(self._errors.values())
+        found += list(self._failed.values())[:5]
+        if len(self._failed) > 5:
+            found.append(f"... and {len(self._failed) - 5} more services cannot be read")
+        if self._empty:
+            found.append(self._empty)
+        return found
 
     def _reset_state(self) -> None:
         self.state = self._new_state()
@@ -885,6 +904,11 @@ class ConsulSource:
             self._read_index[name] = reply.index
         self._read_members[name] = frozenset((e.node, e.id) for e in parsed.entries)
         self._report_problems(parsed.problems)
+        self.last_read = time.time()
+        if parsed.problems:
+            self._skip_reasons[name] = parsed.problems
+        else:
+            self._skip_reasons.pop(name, None)
         self._members[name] = frozenset((e.node, e.id) for e in parsed.entries if e.service_checks)
         if not parsed.raw_count and not self.config.filter and name in self.state.tagged:
             # Listed with the tag, yet no instance: a deregistration the
@@ -1015,6 +1039,7 @@ class ConsulSource:
         self._notify()
 
     def _watch_ok(self, which: str) -> None:
+        self.last_read = time.time()
         if self._errors.pop(which, None) is not None:
             log.info(
                 "source %s: the %s watch reads Consul again",

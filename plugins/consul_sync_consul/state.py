@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
-from consul_sync.model import DesiredService, ServiceKey
+from consul_sync.model import DesiredService, ServiceKey, StatusNote
 
-from .convert import HealthPolicy, to_desired
+from .convert import META_NAME, HealthPolicy, to_desired
 from .parse import Entry, tagged_names
 
 
@@ -180,6 +180,32 @@ class CatalogState:
         if self.services.get(key) != service:
             self.services[key] = service
             self.changed.add(key)
+
+    def status_notes(self, problems: Mapping[str, tuple[str, ...]]) -> dict[ServiceKey, StatusNote]:
+        """For the status page: the Consul name of each key that has another
+        (Meta ``k8s-name``), the names a key's winner beat, and the tagged
+        services that gave no desired service (``problems``: why, per name)."""
+        notes: dict[ServiceKey, StatusNote] = {}
+        for key, claims in self._claims.items():
+            winner = min(claims) if claims else None
+            if winner is None or (winner == key[1] and len(claims) == 1):
+                continue
+            said = []
+            if winner != key[1]:
+                said.append(f"Consul service {winner!r}, named {key[1]!r} by Meta {META_NAME}")
+            if len(claims) > 1:
+                others = ", ".join(repr(n) for n in sorted(claims - {winner}))
+                said.append(f"Consul services {others} map to the same name and are skipped")
+            notes[key] = StatusNote(name=winner, notes=said)
+        for name, why in problems.items():
+            at = self._key_of.get(name)
+            if at is not None and name in self.tagged:
+                note = notes.get(at, StatusNote())
+                notes[at] = attrs.evolve(note, notes=(*note.notes, *why))
+        for name in sorted(self.tagged - self._key_of.keys()):
+            why = problems.get(name) or ("no usable instance",)
+            notes[(self.namespace, name)] = StatusNote(notes=why, skipped=True)
+        return notes
 
     def warn_once(self, message: str) -> None:
         if message not in self._told:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
@@ -23,7 +23,7 @@ import yaml
 
 from consul_sync import Context, DesiredService, Observed, setting
 from consul_sync.errors import SinkError
-from consul_sync.model import Action, Change, ServiceKey
+from consul_sync.model import Action, Change, ServiceKey, StatusNote
 
 from .render import (
     DEFAULT_MAX_PER_SLICE,
@@ -31,6 +31,7 @@ from .render import (
     SERVICE_NAME_LABEL,
     NameBook,
     is_managed,
+    name_notes,
     owner_of,
     parse,
     render_named,
@@ -188,6 +189,10 @@ class ManifestsSink:
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise SinkError(f"{path}: cannot delete ({exc.strerror})") from exc
+
+    def status_notes(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, StatusNote]:
+        """For the status page: Kubernetes names that differ from the key's, and why."""
+        return name_notes(self.names, keys)
 
     async def aclose(self) -> None:
         return None

@@ -49,7 +49,7 @@ from typing import Any
 
 import attrs
 
-from consul_sync.model import DesiredService, Endpoint, Port
+from consul_sync.model import DesiredService, Endpoint, Port, StatusNote
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 NAME_LABEL = "app.kubernetes.io/name"
@@ -261,6 +261,30 @@ class NameBook:
     def key_of(self, namespace: str, k8s_name: str) -> Key | None:
         """The desired key whose Kubernetes name is ``k8s_name``, if any."""
         return self.owners.get((namespace, k8s_name))
+
+
+def name_notes(
+    names: NameBook, keys: Iterable[Key], left_out: Mapping[Key, Sequence[str]] | None = None
+) -> dict[Key, StatusNote]:
+    """For the status page: the Kubernetes name of each key whose name had
+    to change, and why; and the instances ``left_out`` of a key's slices."""
+    notes: dict[Key, StatusNote] = {}
+    for key in keys:
+        name = names.name(key)
+        said: list[str] = []
+        if name != key[1]:
+            target = sanitize(key[1])
+            if name == target:
+                said.append(f"renamed to {name!r}: {key[1]!r} is not a DNS-1035 label")
+            else:
+                said.append(
+                    f"renamed to {name!r}: {key[1]!r} is not a DNS-1035 label and its "
+                    f"sanitised name {target!r} is taken (hash suffix)"
+                )
+        said.extend((left_out or {}).get(key, ()))
+        if said:
+            notes[key] = StatusNote(name=name, notes=said)
+    return notes
 
 
 # --- validation ------------------------------------------------------------

@@ -52,7 +52,7 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from consul_sync import Context, DesiredService, Duration, Observed, SinkError, setting
-from consul_sync.model import Action, Change, ServiceKey
+from consul_sync.model import Action, Change, ServiceKey, StatusNote
 
 from . import render as r
 from .client import KubeClient, KubeError, Outage, Resource, unavailable
@@ -328,6 +328,8 @@ class KubernetesSink:
         self._events_sent: dict[tuple[str, str], float] = {}
         self._conflicts_told: set[str] = set()
         self._names_version: int | None = None
+        #: key -> instances its last write left out, and why (status page)
+        self._left_out: dict[ServiceKey, tuple[str, ...]] = {}
         self._watching = False
         self.identity = config.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
         self.leader_elect = (
@@ -412,6 +414,11 @@ class KubernetesSink:
         for problem in problems:
             log.warning(problem, extra={"sink": self.name})
         return objects
+
+    def status_notes(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, StatusNote]:
+        """For the status page: Kubernetes names that differ from the key's,
+        and why; instances left out of the slices, and why."""
+        return r.name_notes(self.names, keys, {k: v for k, v in self._left_out.items() if v})
 
     async def aclose(self) -> None:
         self._closed = True
@@ -958,6 +965,7 @@ class KubernetesSink:
             )
         mine, legacy = self._slices_for(k8s_name)
         rendered = self._render(desired, k8s_name, mine, None, live)
+        self._left_out[key] = rendered.problems  # (the status page shows them)
         for problem in rendered.problems:
             self.metrics.skipped.labels(sink=self.name, what="endpoint").inc()
             log.warning("sink %s: %s", self.name, problem, extra={"sink": self.name})
@@ -1007,6 +1015,7 @@ class KubernetesSink:
                 waiting.append(mapped)  # a key waiting for this name: retry it now
         self._accepted.pop(key, None)
         self._written.pop(key, None)
+        self._left_out.pop(key, None)
         if waiting:
             self.context.mark_dirty(waiting)
 
