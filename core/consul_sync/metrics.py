@@ -20,14 +20,14 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        disable_created_metrics()  # again: a test may have switched it back on
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # again, if a test re-enabled it
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # --- the seed's metrics --------------------------------------------
