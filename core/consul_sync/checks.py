@@ -97,6 +97,16 @@ def dns_label(value: str) -> str:
     return value
 
 
+def dns_subdomain(value: str) -> str:
+    """A Kubernetes object name (RFC 1123 subdomain): a Gateway's name."""
+    parts = value.split(".")
+    if len(value) > 253 or not all(_DNS_LABEL.fullmatch(part) for part in parts):
+        raise ValueError(
+            f'expected a lowercase DNS name (a-z, 0-9, "-" and ".", at most 253), got "{value}"'
+        )
+    return value
+
+
 def kubeconfig_file(paths: str, context: str = "") -> None:
     """A kubeconfig the Kubernetes client will be able to load: every file
     of ``paths`` (separated like ``KUBECONFIG``) exists and is YAML, and

@@ -560,11 +560,45 @@ def _structure(
                 problems.extend(_class_problem(own, cls, origin))
         else:
             problems.extend(_messages(exc, cls, origin))
+            problems.extend(_also_own(exc, cls, body, origin))
     except (IterableValidationError, ForbiddenExtraKeysError) as exc:
         problems.extend(_messages(exc, cls, origin))
     except Exception as exc:  # raised by the class itself: __attrs_post_init__
         problems.extend(_class_problem(exc, cls, origin))
     return None
+
+
+def _also_own(
+    exc: ClassValidationError, cls: type[Any], body: Mapping[str, Any], origin: _Provenance
+) -> list[str]:
+    """The class's own validation, run on the fields that structured (the
+    others at their defaults): every problem is reported at once, not the
+    class's only after its fields' are fixed."""
+    failed = set()
+    for error in exc.exceptions:
+        for note in getattr(error, "__notes__", ()):
+            if isinstance(note, AttributeValidationNote):
+                failed.add(note.name)
+    rest = {k: v for k, v in body.items() if k not in failed}
+    try:
+        converter.structure(rest, cls)
+    except ClassValidationError as again:
+        if any(_noted(e) for e in again.exceptions):
+            return []  # a required field is among the failed ones
+        lines = []
+        for own in again.exceptions:
+            for problem in own.problems if isinstance(own, FieldProblems) else [own]:
+                fields = (
+                    problem.fields
+                    if isinstance(problem, FieldProblem)
+                    else _fields_named(str(problem), cls)[0]
+                )
+                if not failed & set(fields):  # about a field at its default: not news
+                    lines.extend(_class_problem(problem, cls, origin))
+        return lines
+    except Exception:
+        return []
+    return []
 
 
 def _noted(exc: BaseException) -> bool:

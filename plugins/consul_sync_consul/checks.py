@@ -23,6 +23,11 @@ def check_consul(config: ConsulConfig, _environ: Mapping[str, str]) -> Iterator[
             checks.port(url.netloc.rpartition(":")[2]) if _has_port(url.netloc) else None
         except ValueError as exc:
             yield FieldProblem("address", f'"{address}": {exc}')
+    if config.tls_server_name:
+        try:
+            checks.host(config.tls_server_name)
+        except ValueError as exc:
+            yield FieldProblem("tls_server_name", str(exc))
     for field in ("token_file", "ca_file", "client_cert", "client_key"):
         path = getattr(config, field)
         if path:
