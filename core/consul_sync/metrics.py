@@ -129,6 +129,11 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.ready_endpoints = Gauge(
+            "consul_sync_ready_endpoints",
+            "Endpoints across all desired services that are ready (the rest are not)",
+            registry=r,
+        )
         self.ready = Gauge(
             "consul_sync_ready", "1 when the readiness probe answers 200", registry=r
         )

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from consul_sync.health import ProbeServer
+from consul_sync.model import Endpoint
 from consul_sync.testing import service
 from consul_sync_gateway.sink import GatewayMetrics
 from consul_sync_kubernetes.sink import SinkMetrics
@@ -27,12 +28,14 @@ async def test_no_created_series_on_any_registry() -> None:
     async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
         port = await tg.start(probes.serve, "127.0.0.1:0")
         await tg.start(app.runtime.run)
-        await source(app).push([service("web", "10.0.0.1", source="src0")])
+        await source(app).push([service("web", "10.0.0.1", Endpoint("10.0.0.2", ready=False), source="src0")])
         await until(lambda: app.runtime.readiness()[0])
         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         app.runtime.stop()
         tg.cancel_scope.cancel()
     assert "_created" not in text
+    assert "consul_sync_endpoints_total 2.0" in text
+    assert "consul_sync_ready_endpoints 1.0" in text  # the dashboard's readiness panel
     # The seed's counters keep their names (the exposition adds ``_total``).
     for name in (
         'consul_sync_reconcile_total{status="success"}',
