@@ -28,7 +28,8 @@ async def test_no_created_series_on_any_registry() -> None:
     async with anyio.create_task_group() as tg, httpx.AsyncClient() as client:
         port = await tg.start(probes.serve, "127.0.0.1:0")
         await tg.start(app.runtime.run)
-        await source(app).push([service("web", "10.0.0.1", Endpoint("10.0.0.2", ready=False), source="src0")])
+        not_ready = Endpoint("10.0.0.2", ready=False)
+        await source(app).push([service("web", "10.0.0.1", not_ready, source="src0")])
         await until(lambda: app.runtime.readiness()[0])
         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
         app.runtime.stop()

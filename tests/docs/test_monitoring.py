@@ -187,7 +187,11 @@ def test_kubectl_kustomize_renders(components: tuple[str, ...], tmp_path: Path) 
     )
     assert KUBECTL is not None
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
+        [KUBECTL, "kustomize", str(overlay)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     objects = [d for d in yaml.safe_load_all(result.stdout) if d]
