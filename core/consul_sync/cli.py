@@ -27,10 +27,12 @@ from . import logs
 from . import status as status_page
 from ._version import __version__
 from .config import Settings, effective, load_settings, secrets_of
+from .diff import FieldChange, Op, diff_change, summary
 from .errors import ConfigError, ConsulSyncError
 from .health import ProbeServer, parse_listen_address
 from .metrics import Metrics
-from .model import Action, Sink, Source
+from .model import Sink, Source
+from .plan import Plan
 from .plugins import collect_types, describe, make_plugin_manager
 from .registry import Context, TypeRegistry
 from .runtime import Runtime, watch_signals
@@ -109,9 +111,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --once: apply the deletes the prune budget holds, all of them, now",
     )
-    commands.add_parser(
+    plan = commands.add_parser(
         "plan",
-        help="print the changes a sync would make; write nothing (exit 0: none, 2: some, 1: error)",
+        help="print the changes a sync would make, field by field; write nothing "
+        "(exit 0: none, 2: some, 1: error)",
+    )
+    plan.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text (default): one line per object, its differences indented below; "
+        "json: the same for scripts (docs/operations.md has the schema)",
     )
     commands.add_parser("render", help="print the desired objects as YAML; contact no sink")
     commands.add_parser("plugins", help="list loaded plugins and their source and sink types")
@@ -180,7 +190,7 @@ def main(
     if command == "render":
         return anyio.run(_render, app, out)
     if command == "plan":
-        return anyio.run(_plan, app, out)
+        return anyio.run(_plan, app, out, getattr(args, "output", "text"))
     if getattr(args, "release_held_deletes", False):
         if not args.once:
             print("consul-sync: --release-held-deletes goes with run --once", file=sys.stderr)
@@ -275,34 +285,103 @@ async def _render(app: App, out: TextIO) -> int:
     return EXIT_OK
 
 
-async def _plan(app: App, out: TextIO) -> int:
+#: Detail lines printed under one object in the text form (JSON has all).
+PLAN_DETAIL_LINES = 50
+
+
+async def _plan(app: App, out: TextIO, output: str = "text") -> int:
     try:
         plans = await app.runtime.plan_only()
     except ConsulSyncError as exc:
         print(f"consul-sync: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    changes = 0
+    report = plan_report(plans)
+    if output == "json":
+        print(json.dumps(report, indent=2), file=out)
+    else:
+        for line in plan_text(report):
+            print(line, file=out)
+    return EXIT_CHANGES if report["pending"] else EXIT_OK
+
+
+def plan_report(plans: Mapping[str, Plan]) -> dict[str, Any]:
+    """``plan --output json``: schema 1 (docs/operations.md).  Items in the
+    order the text form prints them; ``pending`` counts what the exit code
+    reports (changes and held deletes)."""
+    items: list[dict[str, Any]] = []
+    guards: dict[str, str] = {}
+    pending = 0
     for sink, the_plan in plans.items():
         for change in the_plan.changes:
-            changes += 1
-            detail = ""
-            if change.action is not Action.DELETE and change.desired is not None:
-                detail = f" ({len(change.desired.endpoints)} endpoints)"
-            print(
-                f"{sink}: {change.action.value} {change.key[0]}/{change.key[1]}{detail}", file=out
+            pending += 1
+            desired = change.desired
+            fields = diff_change(change)
+            items.append(
+                {
+                    "sink": sink,
+                    "action": change.action.value,
+                    "namespace": change.key[0],
+                    "name": change.key[1],
+                    "endpoints": None if desired is None else len(desired.endpoints),
+                    "ready": None
+                    if desired is None
+                    else sum(1 for e in desired.endpoints if e.ready),
+                    "observed": change.observed is not None and change.observed.service is not None,
+                    "summary": summary(fields),
+                    "diff": [item.to_json() for item in fields],
+                }
             )
-        for key in the_plan.conflicts:
-            print(f"{sink}: conflict {key[0]}/{key[1]} (exists, not ours: left alone)", file=out)
-        for key in the_plan.held:
-            changes += 1  # pending, if not now: the exit code says so
-            print(f"{sink}: held delete {key[0]}/{key[1]} (prune budget)", file=out)
-        for key in sorted(set(the_plan.withheld) - set(the_plan.held)):
-            print(f"{sink}: withheld delete {key[0]}/{key[1]} (incomplete source)", file=out)
+        for action, keys in (
+            ("conflict", the_plan.conflicts),
+            ("held-delete", the_plan.held),
+            ("withheld-delete", sorted(set(the_plan.withheld) - set(the_plan.held))),
+        ):
+            for key in keys:
+                pending += action == "held-delete"  # pending, if not now
+                items.append({"sink": sink, "action": action, "namespace": key[0], "name": key[1]})
         if the_plan.guard:
-            print(f"{sink}: {the_plan.guard}", file=out)
-    if not changes:
-        print("no changes", file=out)
-    return EXIT_CHANGES if changes else EXIT_OK
+            guards[sink] = the_plan.guard
+    return {"schema": 1, "pending": pending, "items": items, "guards": guards}
+
+
+def plan_text(report: Mapping[str, Any]) -> list[str]:
+    """The text form: the lines ``plan`` always printed, each create and
+    update followed by its differences (``+`` added, ``-`` removed, ``~``
+    changed), and a sink's guard after its objects."""
+    lines: list[str] = []
+    guards = dict(report["guards"])
+    previous = None
+    for item in report["items"]:
+        if previous is not None and item["sink"] != previous and previous in guards:
+            lines.append(f"{previous}: {guards.pop(previous)}")
+        previous = item["sink"]
+        where = f"{item['sink']}: "
+        key = f"{item['namespace']}/{item['name']}"
+        action = item["action"]
+        if action == "conflict":
+            lines.append(f"{where}conflict {key} (exists, not ours: left alone)")
+        elif action == "held-delete":
+            lines.append(f"{where}held delete {key} (prune budget)")
+        elif action == "withheld-delete":
+            lines.append(f"{where}withheld delete {key} (incomplete source)")
+        else:
+            detail = "" if item["endpoints"] is None else f" ({item['endpoints']} endpoints)"
+            lines.append(f"{where}{action} {key}{detail}")
+            if action != "delete":
+                diff = [
+                    FieldChange(Op(d["op"]), d["path"], d["old"], d["new"]) for d in item["diff"]
+                ]
+                if action == "update" and not item["observed"]:
+                    lines.append("    (the objects there cannot be read back: rewritten whole)")
+                lines.extend(f"    {d.text()}" for d in diff[:PLAN_DETAIL_LINES])
+                if len(diff) > PLAN_DETAIL_LINES:
+                    lines.append(
+                        f"    ... and {len(diff) - PLAN_DETAIL_LINES} more (--output json)"
+                    )
+    lines.extend(f"{sink}: {guard}" for sink, guard in guards.items())
+    if not report["pending"]:
+        lines.append("no changes")
+    return lines
 
 
 async def _once(app: App) -> int:

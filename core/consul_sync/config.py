@@ -11,9 +11,14 @@ With ``--config FILE`` the file declares named ``[[sources]]`` and
 environment, then from defaults.  String values may use ``${VAR}`` or
 ``${VAR:-default}`` to take a value (a token, say) from the environment.
 
-Every problem is reported at once, each with the key path of the bad value
-(``sources[1].wait: expected a duration like 5m, got 'five'``), before
-anything starts.
+Every problem is reported at once, before anything starts, each named as
+the operator wrote it: a value from the environment by its variable
+(``RESYNC_INTERVAL: expected a duration like 5m, got "five"``), a value from
+the file by its key path (``sources[1].wait: expected a duration like 5m,
+got "five"``), and a file value that took a variable by both
+(``sources[0].token_file (from ${TOKEN_FILE}): ...``).  Beyond types and
+forms, listen addresses, URLs, ports and files that must exist are checked
+here too (:mod:`consul_sync.checks`, and the checks plugins register).
 """
 
 from __future__ import annotations
@@ -29,8 +34,15 @@ from typing import Any
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 
+from . import checks
 from .errors import ConfigError
 from .plan import DEFAULT_MAX_PRUNE_FRACTION, Policy
 from .registry import TypeRegistry
@@ -52,6 +64,28 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 class ValueProblem(ValueError):
     """A value of the right type but wrong form; its text is shown as is."""
+
+
+class FieldProblem(ValueProblem):
+    """A problem with the value of one field (or of several, ``fields``).
+
+    Raised by a Config class's ``__attrs_post_init__`` (or returned by a
+    registered config check): the loader names the field as the operator
+    set it -- the environment variable, or the key path in the file -- and
+    adds the value given when the message does not show it.
+    """
+
+    def __init__(self, fields: str | tuple[str, ...], message: str) -> None:
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        super().__init__(message)
+
+
+class FieldProblems(ValueProblem):
+    """Several :class:`FieldProblem` at once (every one is reported)."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
 
 
 def parse_duration(value: object) -> Duration:
@@ -260,6 +294,42 @@ class Settings:
     sources: tuple[Component, ...] = ()
     sinks: tuple[Component, ...] = ()
 
+    def __attrs_post_init__(self) -> None:
+        problems: list[FieldProblem] = []
+
+        def check(field: str, ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(FieldProblem(field, message))
+
+        try:
+            checks.dns_label(self.namespace)
+        except ValueError as exc:
+            problems.append(FieldProblem("namespace", str(exc)))
+        try:
+            checks.listen_address(self.metrics_addr)
+        except ValueError as exc:
+            problems.append(FieldProblem("metrics_addr", str(exc)))
+        check("resync_interval", self.resync_interval > 0, "must be more than 0")
+        check("max_prune_fraction", 0 <= self.max_prune_fraction <= 1, "must be 0-1")
+        check("prune_window", self.prune_window > 0, "must be more than 0")
+        check("retry_base", self.retry_base > 0, "must be more than 0")
+        check(
+            "retry_max",
+            self.retry_max >= self.retry_base,
+            f"must be at least retry_base ({format_duration(self.retry_base)})",
+        )
+        check("log_format", self.log_format in LOG_FORMATS, 'expected "json" or "text"')
+        check(
+            "log_level",
+            self.log_level.lower() in LOG_LEVELS,
+            "expected one of " + ", ".join(LOG_LEVELS),
+        )
+        if problems:
+            raise FieldProblems(problems)
+
+
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 GLOBAL_KEYS = tuple(f.name for f in attrs.fields(Settings) if f.name not in ("sources", "sinks"))
 
@@ -276,24 +346,49 @@ def env_names(field: attrs.Attribute[Any]) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def _from_env(cls: type[Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(
+    cls: type[Any], environ: Mapping[str, str], origin: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The fields the environment sets; ``origin`` gets field -> variable."""
     values: dict[str, Any] = {}
     for field in attrs.fields(cls):
         for name in env_names(field):
             if environ.get(name, "") != "":
                 values[field.name] = environ[name]
+                if origin is not None:
+                    origin[field.name] = name
                 break
     return values
+
+
+@attrs.define
+class _Provenance:
+    """Where the values of one class came from, to name them in messages."""
+
+    where: str = ""  #: key path of the table (``sinks[0]``; ``""``: the top)
+    body: Mapping[str, Any] = attrs.field(factory=dict)  #: field -> value given
+    env: Mapping[str, str] = attrs.field(factory=dict)  #: field -> its variable
+    #: full key path -> the variables ``${...}`` put into it
+    interpolated: Mapping[str, list[str]] = attrs.field(factory=dict)
 
 
 _INTERPOLATE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+def _interpolate(
+    value: Any,
+    environ: Mapping[str, str],
+    path: str,
+    problems: list[str],
+    used: dict[str, list[str]] | None = None,
+) -> Any:
+    if used is None:
+        used = {}
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            used.setdefault(path, []).append(name)
             if name in environ:
                 return environ[name]
             if default is not None:
@@ -304,11 +399,13 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: li
         return _INTERPOLATE.sub(replace, value)
     if isinstance(value, dict):
         return {
-            k: _interpolate(v, environ, f"{path}.{k}" if path else k, problems)
+            k: _interpolate(v, environ, f"{path}.{k}" if path else k, problems, used)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_interpolate(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [
+            _interpolate(v, environ, f"{path}[{i}]", problems, used) for i, v in enumerate(value)
+        ]
     return value
 
 
@@ -340,13 +437,19 @@ def load_settings(
     from_file = raw is not None or path is not None
     if raw is None:
         raw = read_file(path) if path is not None else DEFAULT_LAYOUT
-    data = _interpolate(dict(raw), env, "", problems)
+    interpolated: dict[str, list[str]] = {}
+    data = _interpolate(dict(raw), env, "", problems, interpolated)
 
-    global_raw = {
-        **_from_env(Settings, env),
-        **{k: v for k, v in data.items() if k not in ("sources", "sinks")},
-    }
-    settings = _structure(Settings, global_raw, "", problems)
+    env_origin: dict[str, str] = {}
+    in_file = {k: v for k, v in data.items() if k not in ("sources", "sinks")}
+    global_raw = {**_from_env(Settings, env, env_origin), **in_file}
+    origin = _Provenance(
+        "",
+        global_raw,
+        {k: v for k, v in env_origin.items() if k not in in_file},
+        interpolated,
+    )
+    settings = _structure(Settings, global_raw, origin, problems)
 
     components: dict[str, tuple[Component, ...]] = {}
     for kind, table in (("sources", registry.sources), ("sinks", registry.sinks)):
@@ -358,10 +461,12 @@ def load_settings(
             problems.append(f"{kind}: at least one is needed ([[{kind}]] with name and type)")
         if not from_file:
             items = [*items, *_default_extras(kind, table, env, problems)]
-        components[kind] = _components(kind, items, table, env, from_file, problems)
+        components[kind] = _components(
+            kind, items, table, env, from_file, problems, interpolated, registry.checks
+        )
 
     if problems or not isinstance(settings, Settings):
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # two sinks, one kubeconfig: once
     return attrs.evolve(settings, sources=components["sources"], sinks=components["sinks"])
 
 
@@ -396,6 +501,8 @@ def _components(
     env: Mapping[str, str],
     from_file: bool,
     problems: list[str],
+    interpolated: Mapping[str, list[str]],
+    config_checks: Mapping[tuple[str, str], list[Any]],
 ) -> tuple[Component, ...]:
     seen: set[str] = set()
     out = []
@@ -421,22 +528,142 @@ def _components(
             continue
         seen.add(name)
         cls = table[type_name]
+        env_origin: dict[str, str] = {}
         if not from_file:
-            body = {**_from_env(cls.Config, env), **body}
-        config = _structure(cls.Config, body, where, problems)
-        if config is not None:
+            body = {**_from_env(cls.Config, env, env_origin), **body}
+            env_origin = {k: v for k, v in env_origin.items() if k not in item}
+        origin = _Provenance(where, body, env_origin, interpolated)
+        config = _structure(cls.Config, body, origin, problems)
+        if config is None:
+            continue
+        found = []
+        for check in config_checks.get((kind[:-1], type_name), ()):
+            try:
+                found.extend(check(config, env))
+            except Exception as exc:  # a check that breaks is a problem too
+                found.append(exc)
+        for problem in found:
+            problems.extend(_class_problem(problem, cls.Config, origin))
+        if not found:
             out.append(Component(name, type_name, config))
     return tuple(out)
 
 
-def _structure(cls: type[Any], body: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+def _structure(
+    cls: type[Any], body: Mapping[str, Any], origin: _Provenance, problems: list[str]
+) -> Any:
     try:
         return converter.structure(dict(body), cls)
-    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
-        problems.extend(_messages(exc, cls, where))
-    except Exception as exc:
-        problems.append(f"{where or 'config'}: {exc}")
+    except ClassValidationError as exc:
+        if all(not _noted(e) for e in exc.exceptions):  # the class's own validation
+            for own in exc.exceptions:
+                problems.extend(_class_problem(own, cls, origin))
+        else:
+            problems.extend(_messages(exc, cls, origin))
+            problems.extend(_also_own(exc, cls, body, origin))
+    except (IterableValidationError, ForbiddenExtraKeysError) as exc:
+        problems.extend(_messages(exc, cls, origin))
+    except Exception as exc:  # raised by the class itself: __attrs_post_init__
+        problems.extend(_class_problem(exc, cls, origin))
     return None
+
+
+def _also_own(
+    exc: ClassValidationError, cls: type[Any], body: Mapping[str, Any], origin: _Provenance
+) -> list[str]:
+    """The class's own validation, run on the fields that structured (the
+    others at their defaults): every problem is reported at once, not the
+    class's only after its fields' are fixed."""
+    failed = set()
+    for error in exc.exceptions:
+        for note in getattr(error, "__notes__", ()):
+            if isinstance(note, AttributeValidationNote):
+                failed.add(note.name)
+    rest = {k: v for k, v in body.items() if k not in failed}
+    try:
+        converter.structure(rest, cls)
+    except ClassValidationError as again:
+        if any(_noted(e) for e in again.exceptions):
+            return []  # a required field is among the failed ones
+        lines = []
+        for own in again.exceptions:
+            for problem in own.problems if isinstance(own, FieldProblems) else [own]:
+                fields = (
+                    problem.fields
+                    if isinstance(problem, FieldProblem)
+                    else _fields_named(str(problem), cls)[0]
+                )
+                if not failed & set(fields):  # about a field at its default: not news
+                    lines.extend(_class_problem(problem, cls, origin))
+        return lines
+    except Exception:
+        return []
+    return []
+
+
+def _noted(exc: BaseException) -> bool:
+    """True for an error cattrs tied to an attribute or an item."""
+    return any(
+        isinstance(note, AttributeValidationNote | IterableValidationNote)
+        for note in getattr(exc, "__notes__", ())
+    )
+
+
+def _class_problem(exc: BaseException, cls: type[Any], origin: _Provenance) -> list[str]:
+    """Lines for a problem the class (or a check) found, naming its field(s)."""
+    if isinstance(exc, FieldProblems):
+        return [line for p in exc.problems for line in _class_problem(p, cls, origin)]
+    message = str(exc)
+    if isinstance(exc, FieldProblem):
+        fields, path = exc.fields, exc.fields[0] if len(exc.fields) == 1 else ""
+    else:
+        fields, stripped = _fields_named(message, cls)
+        # "address: ..." names its key; "concurrency must ..." reads as is.
+        path = fields[0] if stripped != message else ""
+        message = stripped
+    return [_line(origin, path, message, fields, cls)]
+
+
+def _fields_named(message: str, cls: type[Any]) -> tuple[tuple[str, ...], str]:
+    """The fields a validator's message is about: the one it starts with
+    (``concurrency must be ...``, ``address: ...``; a ``field:`` prefix is
+    dropped), else every one it mentions."""
+    names = [f.name for f in attrs.fields(cls)]
+    lead = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(:\s*|\s)", message)
+    if lead and lead.group(1) in names:
+        if lead.group(2).startswith(":"):
+            message = message[lead.end() :]
+        return (lead.group(1),), message
+    mentioned = [n for n in names if re.search(rf"\b{re.escape(n)}\b", message)]
+    return tuple(mentioned), message
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value if re.fullmatch(r"-?\d+(\.\d+)?", value.strip()) else f'"{value}"'
+    return repr(value)
+
+
+def _line(
+    origin: _Provenance, path: str, message: str, fields: tuple[str, ...], cls: type[Any]
+) -> str:
+    """One problem, named as the operator set the value: the variable, the
+    key path, or both (a file value that took a ``${VAR}``)."""
+    env_fields = [f for f in fields if f in origin.env]
+    if env_fields:
+        raw = [origin.body[f] for f in env_fields if f in origin.body]
+        if "got" not in message and not any(str(v) in message for v in raw):
+            shown = " ".join(_shown(v) for v in raw)
+            message = f"{message}, got {shown}" if shown else message
+        return ", ".join(origin.env[f] for f in env_fields) + f": {message}"
+    full = ".".join(part for part in (origin.where, path) if part)
+    taken = origin.interpolated.get(full)
+    if not taken and len(fields) == 1:
+        taken = origin.interpolated.get(".".join(p for p in (origin.where, fields[0]) if p))
+    name = full or origin.where or cls.__name__
+    if taken:
+        name += " (from " + ", ".join(f"${{{v}}}" for v in taken) + ")"
+    return f"{name}: {message}"
 
 
 def _format(exc: BaseException, tp: type | None) -> str:
@@ -454,13 +681,17 @@ def _format(exc: BaseException, tp: type | None) -> str:
     return str(exc)
 
 
-def _messages(exc: Exception, cls: type[Any], where: str) -> list[str]:
+def _messages(exc: Exception, cls: type[Any], origin: _Provenance) -> list[str]:
     out = []
     for line in cattrs.transform_error(exc, path="$", format_exception=_format):
         message, _, path = line.rpartition(" @ ")
         path = path.removeprefix("$").lstrip(".")
-        full = ".".join(part for part in (where, path) if part)
-        out.append(f"{full or cls.__name__}: {message}")
+        field = re.split(r"[.\[]", path, maxsplit=1)[0]
+        fields = (field,) if field else ()
+        if fields and field not in origin.env:
+            out.append(_line(origin, path, message, (), cls))
+        else:
+            out.append(_line(origin, path, message, fields, cls))
     return out
 
 

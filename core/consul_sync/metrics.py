@@ -2,17 +2,32 @@
 
 The first five are the seed's, with its exact names and labels; the rest
 add per-source and per-sink detail.
+
+Counters, histograms and summaries carry no ``_created`` series: a
+timestamp per series is noise on every dashboard and is not what anyone
+alerts on.  prometheus_client decides that per process, at scrape time, so
+switching it off here covers every registry, the plugins' too.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # again, if a test re-enabled it
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # --- the seed's metrics --------------------------------------------
@@ -112,6 +127,11 @@ class Metrics:
             "consul_sync_invalid_services",
             "Services or registrations skipped because they were invalid",
             ["source"],
+            registry=r,
+        )
+        self.ready_endpoints = Gauge(
+            "consul_sync_ready_endpoints",
+            "Endpoints across all desired services that are ready (the rest are not)",
             registry=r,
         )
         self.ready = Gauge(

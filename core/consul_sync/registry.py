@@ -4,7 +4,7 @@ handed to every source and sink a type creates."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -22,6 +22,10 @@ class RegistrationError(ConsulSyncError):
     pass
 
 
+#: ``check(config, environ)`` -> problems (``consul_sync.config.FieldProblem``).
+ConfigCheck = Callable[[Any, Mapping[str, str]], Iterable[Exception]]
+
+
 _REQUIRED = ("type_name", "Config")
 
 
@@ -33,6 +37,24 @@ class TypeRegistry:
     sinks: dict[str, type[Any]] = attrs.field(factory=dict)
     origin: dict[tuple[str, str], str] = attrs.field(factory=dict)
     current_plugin: str = "?"
+    #: ``(kind, type_name)`` -> checks of a structured config (see
+    #: :meth:`add_config_check`).
+    checks: dict[tuple[str, str], list[ConfigCheck]] = attrs.field(factory=dict)
+
+    def add_config_check(self, kind: str, type_name: str, check: ConfigCheck) -> None:
+        """Run ``check(config, environ)`` on every configured ``kind``
+        (``"source"`` or ``"sink"``) of type ``type_name`` once its config
+        is structured, before anything starts (``check-config`` too).
+
+        It returns (or yields) ``consul_sync.config.FieldProblem`` objects:
+        the field and the operator's words; the loader names the field by
+        the environment variable or key path the value came from.  For
+        checks that look outside the value (files exist, a kubeconfig
+        parses) -- a Config's own validator can only see its values.
+        """
+        if kind not in ("source", "sink"):
+            raise RegistrationError(f"config check for {kind!r}: kind is 'source' or 'sink'")
+        self.checks.setdefault((kind, type_name), []).append(check)
 
     def add_source_type(self, cls: type[Any]) -> None:
         self._add("source", self.sources, cls)

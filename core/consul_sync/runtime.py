@@ -159,6 +159,7 @@ class Runtime:
         self._run_scope: anyio.CancelScope | None = None
         self._last_pass_end = -math.inf
         self._endpoints = 0
+        self._ready_endpoints = 0
         self.passes = 0
         #: Changes whenever a desired key appears or disappears.
         self.keys_version = 0
@@ -299,6 +300,7 @@ class Runtime:
             old = self.desired.pop(key, None)
             if old is not None:
                 self._endpoints -= len(old.endpoints)
+                self._ready_endpoints -= sum(1 for e in old.endpoints if e.ready)
             service = merged.services.get(key)
             if service is not None:
                 service = transform(self.pm, service)
@@ -310,6 +312,7 @@ class Runtime:
                     service = merged.services[key]
                 self.desired[key] = service
                 self._endpoints += len(service.endpoints)
+                self._ready_endpoints += sum(1 for e in service.endpoints if e.ready)
                 added = added or old is None
         if added or len(self.desired) != before:
             self.keys_version += 1
@@ -739,6 +742,7 @@ class Runtime:
             troubled |= state.conflicts | set(state.failing)
         self.metrics.services.set(len(self.desired.keys() - troubled))
         self.metrics.endpoints.set(self._endpoints)
+        self.metrics.ready_endpoints.set(self._ready_endpoints)
 
     def _hook(self, name: str, **kwargs: Any) -> None:
         try:

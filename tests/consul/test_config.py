@@ -70,17 +70,21 @@ def test_default_layout_reads_the_seed_variables(registry: TypeRegistry) -> None
     assert config.consistency is Consistency.DEFAULT
 
 
-def test_consuls_own_variables_work_too(registry: TypeRegistry) -> None:
+def test_consuls_own_variables_work_too(registry: TypeRegistry, tmp_path: Path) -> None:
+    # The files must exist: check-config refuses a path that does not.
+    for name in ("token", "ca.pem", "c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "cas").mkdir()
     config = consul_config(
         registry,
         {
             "CONSUL_HTTP_ADDR": "https://consul.example:8501",
             "CONSUL_HTTP_TOKEN": "t0ken-value",
-            "CONSUL_HTTP_TOKEN_FILE": "/run/token",
-            "CONSUL_CACERT": "/ca.pem",
-            "CONSUL_CAPATH": "/cas",
-            "CONSUL_CLIENT_CERT": "/c.pem",
-            "CONSUL_CLIENT_KEY": "/k.pem",
+            "CONSUL_HTTP_TOKEN_FILE": f"{tmp_path}/token",
+            "CONSUL_CACERT": f"{tmp_path}/ca.pem",
+            "CONSUL_CAPATH": f"{tmp_path}/cas",
+            "CONSUL_CLIENT_CERT": f"{tmp_path}/c.pem",
+            "CONSUL_CLIENT_KEY": f"{tmp_path}/k.pem",
             "CONSUL_TLS_SERVER_NAME": "consul.internal",
             "CONSUL_HTTP_SSL_VERIFY": "false",
             "CONSUL_CONSISTENCY": "stale",
@@ -90,9 +94,9 @@ def test_consuls_own_variables_work_too(registry: TypeRegistry) -> None:
     )
     assert config.address == "https://consul.example:8501"
     assert config.token == "t0ken-value"
-    assert config.token_file == "/run/token"
-    assert (config.ca_file, config.ca_path) == ("/ca.pem", "/cas")
-    assert (config.client_cert, config.client_key) == ("/c.pem", "/k.pem")
+    assert config.token_file == f"{tmp_path}/token"
+    assert (config.ca_file, config.ca_path) == (f"{tmp_path}/ca.pem", f"{tmp_path}/cas")
+    assert (config.client_cert, config.client_key) == (f"{tmp_path}/c.pem", f"{tmp_path}/k.pem")
     assert config.tls_server_name == "consul.internal"
     assert config.tls_verify is False
     assert config.consistency is Consistency.STALE

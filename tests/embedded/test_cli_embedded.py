@@ -89,7 +89,16 @@ def test_directory_output_plans_writes_and_prunes_only_its_own(tmp_path) -> None
     assert main(["--config", str(path), "plan"], environ={}, stdout=text) == 2
     assert text.getvalue().splitlines() == [
         "out: create network/homeassistant (1 endpoints)",
+        '    + ports[http]: {port: 8123, protocol: "TCP"}',
+        '    + endpoints[10.0.10.100]: {address: "10.0.10.100", ready: true}',
+        '    + tags: "kubernetes"',
+        '    + sources: "files"',
         "out: create network/plex (1 endpoints)",
+        '    + ports[http]: {port: 32400, protocol: "TCP", app_protocol: "http"}',
+        '    + endpoints[10.0.10.100]: {address: "10.0.10.100", ready: true}',
+        '    + tags: "kubernetes"',
+        '    + meta[k8s-app-protocol]: "http"',
+        '    + sources: "files"',
     ]
     assert main(["--config", str(path), "run", "--once"], environ={}) == 0
     files = sorted(p.name for p in out_dir.iterdir())

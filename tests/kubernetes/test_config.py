@@ -28,20 +28,27 @@ def settings(environ: dict[str, str]) -> KubernetesConfig:
     return config
 
 
-def test_the_default_layout_writes_through_the_kubernetes_sink_configured_by_env() -> None:
+def test_the_default_layout_writes_through_the_kubernetes_sink_configured_by_env(
+    tmp_path: Path,
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"  # it must exist and parse: check-config reads it
+    kubeconfig.write_text(
+        "current-context: c\ncontexts: [{name: c, context: {cluster: k}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://k8s:6443'}}]\n"
+    )
     config = settings(
         {
             "MAX_ENDPOINTS_PER_SLICE": "250",
             "OWNER_ID": "me",
             "LEADER_ELECT": "false",
-            "KUBECONFIG": "/tmp/kubeconfig",
+            "KUBECONFIG": str(kubeconfig),
             "INSTANCE_NAME": "site-b",
             "LEADER_ELECT_LEASE_DURATION": "30s",
         }
     )
     assert config.max_endpoints_per_slice == 250
     assert config.owner_id == "me" and config.instance == "site-b"
-    assert config.leader_elect is False and config.kubeconfig == "/tmp/kubeconfig"
+    assert config.leader_elect is False and config.kubeconfig == str(kubeconfig)
     assert config.lease_duration == 30
     assert settings({}).leader_elect is None  # automatic
 

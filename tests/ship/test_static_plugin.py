@@ -186,7 +186,7 @@ def test_a_name_twice_is_refused(site: Path, tmp_path: Path) -> None:
     )
     result = consul_sync(site, "--config", str(config), "check-config")
     assert result.returncode == 1
-    assert "sources[0]: services: each name may appear once; repeated: web" in result.stderr
+    assert "sources[0].services: each name may appear once; repeated: web" in result.stderr
 
 
 def test_blocking_the_plugin_by_its_entry_point_name(site: Path, tmp_path: Path) -> None:
