@@ -15,6 +15,7 @@ from consul_sync import Context, Duration, Snapshot
 from consul_sync.metrics import Metrics
 from consul_sync.model import Endpoint
 from consul_sync_consul.source import ConsulConfig, ConsulSource
+from tests.fakes.consul_double import ConsulDouble
 
 NS = "network"
 
@@ -72,13 +73,17 @@ def config(address: str, **overrides: Any) -> ConsulConfig:
 
 
 def make_source(
-    address: str,
+    address: str | ConsulDouble,
     *,
     metrics: Metrics | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     name: str = "consul",
     **overrides: Any,
 ) -> ConsulSource:
+    """A consul source for ``address``, or for a double: its address and TLS options."""
+    if not isinstance(address, str):
+        overrides = {**address.client_options, **overrides}
+        address = address.url
     context = Context(metrics=metrics or Metrics(), namespace=NS, http_transport=transport)
     source = ConsulSource(name, config(address, **overrides), context)
     source.retry_base = 0.05

@@ -1,5 +1,6 @@
 """When Consul misbehaves: keep the last good state, say the snapshot is
-not complete, count the errors, back off, recover by itself."""
+not complete, count the errors, back off, recover by itself.  Every test
+runs against an agent over http, https and a unix socket."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from consul_sync.metrics import Metrics
 from tests.consul.helpers import captured, counter, make_source, ready, running
+from tests.consul.schemes import double_options_fixture, pki_fixture  # noqa: F401
 from tests.fakes.consul_double import ConsulDouble
 
 pytestmark = pytest.mark.anyio
@@ -20,8 +22,8 @@ ERRORS = "consul_sync_consul_errors_total"
 
 
 @pytest.fixture
-def consul() -> Iterator[ConsulDouble]:
-    with ConsulDouble(seed=3) as double:
+def consul(double_options: dict[str, Any]) -> Iterator[ConsulDouble]:
+    with ConsulDouble(seed=3, **double_options) as double:
         double.register("web", service_id="web-1", address="10.1.0.11", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
         double.register("db", service_id="db-1", address="10.1.0.20", port=5432, tags=TAG,
@@ -55,7 +57,7 @@ async def test_catalog_watch_failure_keeps_state_and_recovers(
     kind, options = fault
     metrics = Metrics()
     # short blocking wait and timeout so that a hung read times out quickly
-    source = make_source(consul.url, metrics=metrics, wait=0.5, timeout=0.5, max_body=100_000)
+    source = make_source(consul, metrics=metrics, wait=0.5, timeout=0.5, max_body=100_000)
     async with running(source) as seen:
         assert seen.last.complete
         consul.inject_fault(kind, times=None, path_prefix="/v1/catalog/services", **options)  # type: ignore[arg-type]
@@ -81,7 +83,7 @@ async def test_service_read_failure_keeps_state_and_recovers(
 ) -> None:
     kind, options = fault
     metrics = Metrics()
-    source = make_source(consul.url, metrics=metrics, timeout=0.5, max_body=100_000)
+    source = make_source(consul, metrics=metrics, timeout=0.5, max_body=100_000)
     async with running(source) as seen:
         consul.inject_fault(kind, times=None, path_prefix="/v1/health/service/", **options)  # type: ignore[arg-type]
         consul.set_check("service:web-1", "critical")
@@ -102,7 +104,7 @@ async def test_health_watch_failure_is_incomplete_then_recovers(
 ) -> None:
     kind, options = fault
     metrics = Metrics()
-    source = make_source(consul.url, metrics=metrics, wait=0.5)
+    source = make_source(consul, metrics=metrics, wait=0.5)
     async with running(source) as seen:
         consul.inject_fault(kind, times=None, path_prefix="/v1/health/state/", **options)  # type: ignore[arg-type]
         consul.set_check("serfHealth", "critical")  # wakes the watch; its next read fails
@@ -118,7 +120,7 @@ async def test_health_watch_failure_is_incomplete_then_recovers(
 
 async def test_backoff_with_jitter_bounds_retries(consul: ConsulDouble) -> None:
     metrics = Metrics()
-    source = make_source(consul.url, metrics=metrics, wait=0.5, retry_max=0.4)
+    source = make_source(consul, metrics=metrics, wait=0.5, retry_max=0.4)
     source.retry_base = 0.1
     async with running(source) as seen:
         consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services", status=500)
@@ -135,7 +137,7 @@ async def test_backoff_with_jitter_bounds_retries(consul: ConsulDouble) -> None:
 
 async def test_consul_down_then_back_converges_without_restart(consul: ConsulDouble) -> None:
     metrics = Metrics()
-    source = make_source(consul.url, metrics=metrics, wait=2, timeout=0.5)
+    source = make_source(consul, metrics=metrics, wait=2, timeout=0.5)
     async with running(source) as seen:
         consul.stop()
         await seen.until(lambda s: not s.complete, 3.0, "incomplete while down")
@@ -161,7 +163,7 @@ async def test_consul_down_then_back_converges_without_restart(consul: ConsulDou
 
 
 async def test_error_logs_name_the_failure(consul: ConsulDouble) -> None:
-    source = make_source(consul.url, wait=0.5)
+    source = make_source(consul, wait=0.5)
     with captured() as lines:
         async with running(source) as seen:
             consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services")
@@ -185,7 +187,7 @@ def complete_but_stale(seen: Any, start: int, fresh: Any) -> list[int]:
 async def test_catalog_watch_recovery_is_complete_only_after_its_sweep(
     consul: ConsulDouble,
 ) -> None:
-    source = make_source(consul.url, wait=0.5)
+    source = make_source(consul, wait=0.5)
     async with running(source) as seen:
         consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services")
         consul.bump_index()  # nothing changes; the watch's next read meets the fault
@@ -211,7 +213,7 @@ async def test_nodes_watch_recovery_is_complete_only_after_its_reads(
     consul.add_node("node-b", "10.2.0.1")
     consul.register("web", service_id="web-b", address="", port=8080, tags=TAG, status="passing",
                     node="node-b")  # fmt: skip
-    source = make_source(consul.url, wait=0.5)
+    source = make_source(consul, wait=0.5)
     async with running(source) as seen:
         assert "10.2.0.1" in ready(seen.endpoints("web"))
         consul.inject_fault("error", times=None, path_prefix="/v1/catalog/nodes")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -17,6 +17,7 @@ from anyio.streams.tls import TLSListener
 
 from consul_sync import SourceError
 from tests.consul.helpers import make_source, running
+from tests.consul.schemes import double_options_fixture, pki_fixture  # noqa: F401
 from tests.fakes.consul_double import ConsulDouble
 
 pytestmark = pytest.mark.anyio
@@ -97,27 +98,6 @@ async def test_unix_socket(consul: ConsulDouble, tmp_path: Path) -> None:
         server.close()
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for consul.test and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=consul-sync test CA", cwd=d)  # fmt: skip
-    for name, ext in (("server", "subjectAltName=DNS:consul.test"), ("client", "")):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n" if ext else "basicConstraints=CA:FALSE\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-                 "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
-    return d
-
-
 @asynccontextmanager
 async def tls_front(consul: ConsulDouble, pki: Path, *, require_client: bool) -> AsyncIterator[int]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -176,3 +156,20 @@ async def test_https_client_certificate(consul: ConsulDouble, pki: Path) -> None
         snapshot = await with_cert.snapshot()
         assert snapshot.complete and {k[1] for k in snapshot.services} == {"web"}
         await with_cert.aclose()
+
+
+async def test_the_double_serves_each_scheme(double_options: dict[str, Any]) -> None:
+    """What the fault tests rely on: the double answers over the scheme asked
+    for, and only the client options it names reach it over https."""
+    with ConsulDouble(seed=9, **double_options) as consul:
+        consul.register("web", service_id="web-1", address="10.1.0.11", port=8080, tags=TAG)
+        scheme = "https" if "tls" in double_options else "unix" if double_options else "http"
+        assert consul.url.startswith(f"{scheme}://")
+        source = make_source(consul)
+        assert {k[1] for k in (await source.snapshot()).services} == {"web"}
+        await source.aclose()
+        if scheme == "https":
+            untrusted = make_source(consul.url)  # no CA: the certificate is not trusted
+            with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusted.snapshot()
+            await untrusted.aclose()

@@ -28,6 +28,10 @@ disagree, the recording is right):
   ``?token=``, response filtering, 403 ``ACL not found`` / ``Permission denied: ...``, and the ACL
   API needed by a setup script (bootstrap, policies, tokens). Rules are HCL (the block subset
   Consul's own docs use) or JSON.
+* Transports: plain HTTP on TCP (the default), HTTPS (``tls=DoubleTLS(...)``: a server
+  certificate, TLS done in the connection's thread) or a unix socket (``unix_path=...``); the
+  faults, statistics and ``stop()``/``start()`` behave the same on each.
+  :attr:`ConsulDouble.client_options` are the consul source options that reach it.
 * The per-client-IP connection limit (``limits.http_max_conns_per_client``): excess connections
   get the recorded raw ``429`` at accept time, before a byte is read.
 * Python-side helpers for tests: fast state mutation without HTTP (:meth:`ConsulDouble.register`,
@@ -73,9 +77,12 @@ import hashlib
 import http
 import ipaddress
 import json
+import os
 import random
 import re
 import socket
+import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -93,6 +100,7 @@ __all__ = [
     "CONNECTION_LIMIT_RESPONSE",
     "CONSUL_VERSION",
     "ConsulDouble",
+    "DoubleTLS",
     "Fault",
     "FaultKind",
     "FilterError",
@@ -1329,28 +1337,71 @@ def _reject_connection(sock: socket.socket) -> None:
         sock.close()
 
 
-class _Server(ThreadingHTTPServer):
+@dataclass(frozen=True)
+class DoubleTLS:
+    """HTTPS for the double: its certificate and key, and what a client needs to trust it."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    server_name: str
+
+
+def _client_ip(client_address: Any) -> str:
+    """The peer's IP (``"unix"`` for a unix socket peer, which has no address)."""
+    if isinstance(client_address, tuple) and client_address:
+        return str(client_address[0])
+    return "unix"
+
+
+class _ServerMixin:
+    """What the TCP and the unix-socket servers share: admission, TLS, release."""
+
     daemon_threads = True
     block_on_close = False
-    allow_reuse_address = True
     request_queue_size = 1024
+    double: ConsulDouble
+    tls_context: ssl.SSLContext | None = None
 
-    def __init__(self, address: tuple[str, int], double: ConsulDouble) -> None:
-        self.double = double
-        super().__init__(address, _Handler)
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()  # type: ignore[misc]
+        if self.tls_context is not None:
+            # The handshake happens in the connection's thread (_Handler.setup).
+            sock = self.tls_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         sock = cast(socket.socket, request)
-        if not self.double._admit(sock, cast(tuple[str, int], client_address)):
+        if not self.double._admit(sock, _client_ip(client_address)):
             return
-        super().process_request(request, client_address)
+        super().process_request(request, client_address)  # type: ignore[misc]
 
     def shutdown_request(self, request: Any) -> None:
         self.double._release(cast(socket.socket, request))
-        super().shutdown_request(request)
+        super().shutdown_request(request)  # type: ignore[misc]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # connection-level errors (client went away, server stopping) are normal
+
+
+class _Server(_ServerMixin, ThreadingHTTPServer):
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], double: ConsulDouble) -> None:
+        self.double = double
+        self.tls_context = double._tls_context
+        super().__init__(address, _Handler)
+
+
+class _UnixServer(_ServerMixin, socketserver.ThreadingUnixStreamServer):
+    def __init__(self, path: str, double: ConsulDouble) -> None:
+        self.double = double
+        self.tls_context = double._tls_context
+        with suppress(FileNotFoundError):
+            os.unlink(path)  # left by a previous start
+        super().__init__(path, _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -1358,6 +1409,8 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = None
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # a failure ends the connection (handle_error)
         super().setup()
         with suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1396,7 +1449,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _serve(self) -> None:
-        double = cast(_Server, self.server).double
+        double = cast(_ServerMixin, self.server).double
         try:
             body = self._read_body()
         except (ValueError, OSError):
@@ -1409,7 +1462,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
             headers={k: v for k, v in self.headers.items()},
             body=body,
-            client=self.client_address[0],
+            client=_client_ip(self.client_address),
         )
         try:
             resp = double._handle(req)
@@ -1488,9 +1541,17 @@ class ConsulDouble:
         seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: DoubleTLS | None = None,
+        unix_path: str | None = None,
     ) -> None:
         self.host = host
         self._port = port
+        self.tls = tls
+        self.unix_path = unix_path
+        self._tls_context: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls_context.load_cert_chain(tls.cert_file, tls.key_file)
         self.datacenter = datacenter
         self.acl_enabled = acl
         self.acl_default_policy: str = acl_default_policy if acl else "allow"
@@ -1557,7 +1618,7 @@ class ConsulDouble:
         self.errors: list[str] = []
         """Unexpected exceptions raised while handling requests (a test should expect none)."""
 
-        self._server: _Server | None = None
+        self._server: _Server | _UnixServer | None = None
         self._thread: threading.Thread | None = None
 
         node = _Node(name=node_name, id=node_id, address=node_address, index=11)
@@ -1612,8 +1673,19 @@ class ConsulDouble:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8500`` (valid once started; stable across restarts)."""
-        return f"http://{self.host}:{self._port}"
+        """Base URL, e.g. ``http://127.0.0.1:8500``, ``https://...``, ``unix:///path``
+        (valid once started; stable across restarts)."""
+        if self.unix_path is not None:
+            return f"unix://{self.unix_path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self._port}"
+
+    @property
+    def client_options(self) -> dict[str, str]:
+        """The consul source options that reach this double (its CA and server name)."""
+        if self.tls is None:
+            return {}
+        return {"ca_file": self.tls.ca_file, "tls_server_name": self.tls.server_name}
 
     @property
     def running(self) -> bool:
@@ -1623,8 +1695,12 @@ class ConsulDouble:
         """Start listening (again on the same port after :meth:`stop`). State is kept."""
         if self._server is not None:
             return self
-        server = _Server((self.host, self._port), self)
-        self._port = server.server_address[1]
+        server: _Server | _UnixServer
+        if self.unix_path is not None:
+            server = _UnixServer(self.unix_path, self)
+        else:
+            server = _Server((self.host, self._port), self)
+            self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -1643,6 +1719,9 @@ class ConsulDouble:
         self._server = None
         server.shutdown()
         server.server_close()
+        if self.unix_path is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(self.unix_path)  # connecting now fails, as to a stopped agent
         with self._lock:
             self._generation += 1
             for entry in self._conds.values():
@@ -1707,8 +1786,7 @@ class ConsulDouble:
                 self._conn_cond.wait(remaining)
             return True
 
-    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> bool:
-        ip = address[0]
+    def _admit(self, sock: socket.socket, ip: str) -> bool:
         with self._conn_cond:
             limit = self.max_conns_per_client
             if limit <= 0 or self._conns_by_ip[ip] < limit:

@@ -2,7 +2,8 @@
 real ``ConsulSource`` against the Consul double over loopback (through the
 runtime into a ``FakeSink`` where deletes matter).  Each test asserts that
 consul-sync converges, and what must not happen meanwhile: nothing wrongly
-deleted, no busy loop, no complete snapshot built on stale knowledge."""
+deleted, no busy loop, no complete snapshot built on stale knowledge.
+Every test runs against an agent over http, https and a unix socket."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from consul_sync.runtime import Runtime
 from consul_sync.testing import FakeSink
 from consul_sync_consul.source import ConsulSource
 from tests.consul.helpers import NS, Collector, captured, counter, make_source, ready, running
+from tests.consul.schemes import double_options_fixture, pki_fixture  # noqa: F401
 from tests.fakes.consul_double import ConsulDouble
 
 pytestmark = pytest.mark.anyio
@@ -48,8 +50,8 @@ def register_all(consul: ConsulDouble, **changed: str) -> None:
 
 
 @pytest.fixture
-def consul() -> Iterator[ConsulDouble]:
-    with ConsulDouble(seed=13) as double:
+def consul(double_options: dict[str, Any]) -> Iterator[ConsulDouble]:
+    with ConsulDouble(seed=13, **double_options) as double:
         register_all(double)
         yield double
         assert double.errors == []
@@ -128,7 +130,7 @@ def stale_complete(seen: Collector, start: int, fresh: Callable[[Any], bool]) ->
 # --- Consul unreachable ------------------------------------------------------
 
 
-async def test_consul_down_at_start() -> None:
+async def test_consul_down_at_start(double_options: dict[str, Any]) -> None:
     metrics = Metrics()
     sink = FakeSink()
     # what a previous run wrote: kept until Consul can say otherwise
@@ -136,10 +138,10 @@ async def test_consul_down_at_start() -> None:
     gone = DesiredService(name="gone", namespace=NS, ports=[], endpoints=[], sources=["consul"])
     sink.add_owned(old)
     sink.add_owned(gone)
-    with ConsulDouble(seed=13) as consul:
+    with ConsulDouble(seed=13, **double_options) as consul:
         register_all(consul)
         consul.stop()  # the port is kept: Consul comes back where it was
-        source = make_source(consul.url, metrics=metrics, wait=2, timeout=0.5)
+        source = make_source(consul, metrics=metrics, wait=2, timeout=0.5)
         async with synced(source, sink, metrics) as runtime:
             await until(lambda: "consul" in runtime.snapshots, "a first (incomplete) snapshot")
             await until(lambda: counter(metrics, ERRORS) >= 3, "failed attempts")
@@ -163,7 +165,7 @@ async def test_consul_down_at_start() -> None:
 async def test_consul_down_mid_run(consul: ConsulDouble) -> None:
     metrics = Metrics()
     sink = FakeSink()
-    source = make_source(consul.url, metrics=metrics, wait=2, timeout=0.5)
+    source = make_source(consul, metrics=metrics, wait=2, timeout=0.5)
     async with synced(source, sink, metrics) as runtime:
         await until(lambda: len(addresses(sink)) == 4, "the first sync")
         consul.stop()
@@ -196,8 +198,10 @@ async def test_consul_down_mid_run(consul: ConsulDouble) -> None:
 
 
 @pytest.fixture
-def acl_consul() -> Iterator[ConsulDouble]:
-    with ConsulDouble(acl=True, management_token="management-secret-0001", seed=5) as double:
+def acl_consul(double_options: dict[str, Any]) -> Iterator[ConsulDouble]:
+    with ConsulDouble(
+        acl=True, management_token="management-secret-0001", seed=5, **double_options
+    ) as double:
         double.create_policy("read-only", READ_RULES)
         register_all(double)
         yield double
@@ -205,7 +209,7 @@ def acl_consul() -> Iterator[ConsulDouble]:
 
 
 def token_source(consul: ConsulDouble, token_file: Path, metrics: Metrics) -> ConsulSource:
-    source = make_source(consul.url, metrics=metrics, token_file=str(token_file), wait=2)
+    source = make_source(consul, metrics=metrics, token_file=str(token_file), wait=2)
     source.token_poll = 0.05
     return source
 
@@ -291,7 +295,7 @@ async def test_consul_index_reset_with_in_place_changes(consul: ConsulDouble) ->
                     meta={"k8s-port-name": "grpc"})  # fmt: skip
     consul.add_node("node-b", "10.2.0.2")
     consul.bump_index(50)
-    source = make_source(consul.url)
+    source = make_source(consul)
     async with running(source) as seen:
         assert ready(seen.endpoints("web")) == {"10.1.0.99": True}
         assert seen.last.services[(NS, "plain")].ports[0].port == 9001
@@ -327,15 +331,17 @@ async def test_consul_index_reset_with_in_place_changes(consul: ConsulDouble) ->
         await assert_idle(source, consul, None)
 
 
-async def test_agent_restart_with_empty_catalog(consul: ConsulDouble) -> None:
+async def test_agent_restart_with_empty_catalog(
+    consul: ConsulDouble, double_options: dict[str, Any]
+) -> None:
     metrics = Metrics()
     sink = FakeSink()
-    source = make_source(consul.url, metrics=metrics, wait=2, timeout=0.5)
+    source = make_source(consul, metrics=metrics, wait=2, timeout=0.5)
     async with synced(source, sink, metrics) as runtime:
         await until(lambda: len(addresses(sink)) == 4, "the first sync")
         # A dev agent restarted: its catalog is back to {"consul": []} at index 11.
         consul.stop()
-        with ConsulDouble(port=consul.port, seed=17) as fresh:
+        with ConsulDouble(port=consul.port, seed=17, **double_options) as fresh:
             await until(
                 lambda: source_complete(runtime) and not runtime.snapshots["consul"].services,
                 "the empty catalog seen (a complete answer: Consul lists itself)",
@@ -370,7 +376,7 @@ async def test_health_watch_outage_flip_meanwhile(consul: ConsulDouble) -> None:
         "other", service_id="other-1", address="10.1.0.60", port=80, status="passing"
     )  # fmt: skip  (untagged)
     metrics = Metrics()
-    source = make_source(consul.url, metrics=metrics, wait=2)
+    source = make_source(consul, metrics=metrics, wait=2)
     async with running(source) as seen:
         assert ready(seen.endpoints("web")) == {"10.1.0.11": True, "10.1.0.12": True}
         names = seen.names()
