@@ -180,12 +180,17 @@ class Observed:
     into the model (``None`` if it cannot be read back: it will be
     rewritten).  ``sources`` is what the sink recorded as the objects'
     origin; ``None`` when unknown (e.g. adopted from the Go consul-sync).
+    ``counted`` False: an entry that splits out part of another entry's
+    objects (the gateway sink's route a service no longer wants); the prune
+    budget measures what a sink owns without it, so splitting does not
+    raise the budget.
     """
 
     key: ServiceKey
     owned: bool = True
     service: DesiredService | None = None
     sources: tuple[str, ...] | None = None
+    counted: bool = True
 
 
 class Action(enum.StrEnum):

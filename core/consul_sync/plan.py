@@ -231,7 +231,7 @@ def plan(
     guard = None
     held: list[ServiceKey] = []
     if delete_budget is None:
-        owned = sum(1 for item in observed.values() if item.owned)
+        owned = owned_count(observed)
         delete_budget = window_allowance(owned, max_prune_fraction, prune_floor)
     if len(deletes) > delete_budget:
         budget = max(0, delete_budget) if partial else 0
@@ -268,6 +268,11 @@ def _differs(have: DesiredService | None, want: DesiredService) -> bool:
     if not have.tags and not have.meta and (want.tags or want.meta):
         want = attrs.evolve(want, tags=(), meta=())
     return have != want
+
+
+def owned_count(observed: Mapping[ServiceKey, Observed]) -> int:
+    """What the prune budget measures: the entries a sink owns (counted)."""
+    return sum(1 for item in observed.values() if item.owned and item.counted)
 
 
 def window_allowance(owned: int, fraction: float, floor: int = DEFAULT_PRUNE_FLOOR) -> int:

@@ -115,7 +115,7 @@ class Context:
     #: service (the gateway sink's routes) use it to tell the planner which
     #: desired service their objects satisfy.  Set by the runtime.
     desired_service: Callable[[ServiceKey], DesiredService | None] = lambda _key: None
-    #: The sync policy (``sync``, ``upsert-only``, ``create-only``): a sink
-    #: that deletes objects inside an update (the gateway sink's route of a
-    #: removed tag) deletes only under ``sync``.  Set from the settings.
+    #: The sync policy (``sync``, ``upsert-only``, ``create-only``), for
+    #: sinks that want to say what the planner will do.  Set from the
+    #: settings.
     policy: str = "sync"

@@ -40,7 +40,7 @@ from .config import Settings
 from .errors import SinkError
 from .metrics import Metrics
 from .model import Action, Change, DesiredService, Observed, ServiceKey, Sink, Snapshot, Source
-from .plan import Plan, PruneBudget, merge, plan
+from .plan import Plan, PruneBudget, merge, owned_count, plan
 from .plugins import transform
 
 log = logging.getLogger("consul_sync.runtime")
@@ -492,7 +492,7 @@ class Runtime:
         """Plan one sink, its deletes within what its prune window has left
         (and the budget spent by them)."""
         now = self.clock()
-        owned = sum(1 for item in view.values() if item.owned)
+        owned = owned_count(view)
         budget = len(view) if self.release_held else state.budget.remaining(now, owned)
         the_plan = plan(
             self.desired,

@@ -12,8 +12,10 @@
   is satisfied by no route at all.
 * **Apply**: render the service's routes (:mod:`.routes`), server-side apply
   (field manager ``consul-sync``) only those that differ from the live
-  ones, delete ours that are no longer wanted.  Deletes of a service that
-  went go through the planner (policy and prune budget).
+  ones.  Every delete goes through the planner (policy, prune budget,
+  incomplete sources): a service that went, and a route of ours a service
+  no longer wants (a tag removed) - the latter shown in the view as an
+  entry of its own, ``<namespace>/<kind plural>/<route name>``.
 * **Ownership**: as the kubernetes sink: managed-by label and owner id
   annotation; routes of the Go version (label, no owner) are adopted by
   the default owner; anything else is left alone (a conflict, an Event).
@@ -267,7 +269,8 @@ class GatewaySink:
         self._writing.add(change.key)
         try:
             if change.action is Action.DELETE:
-                await self._delete_routes(self._routes_of(change.key))
+                route = self._route_of_entry(change.key)
+                await self._delete_routes([route] if route else self._routes_of(change.key))
             else:
                 assert change.desired is not None
                 await self._upsert(change.key, change.desired)
@@ -388,6 +391,30 @@ class GatewaySink:
             for obj in self.informers[resource].store.values()
         ]
 
+    def _route_entry(self, resource: Resource, obj: Mapping[str, Any]) -> ServiceKey:
+        """The view key of one route of ours no longer wanted."""
+        return (self.namespace, f"{resource.plural}/{_meta(obj)['name']}")
+
+    def _route_of_entry(self, key: ServiceKey) -> tuple[Resource, dict[str, Any]] | None:
+        """The route a :meth:`_route_entry` key stands for (``None``: not one)."""
+        plural, _, name = key[1].partition("/")
+        for resource in ROUTE_RESOURCES:
+            if resource.plural == plural and resource in self.informers and name:
+                obj = self.informers[resource].store.get(name)
+                return (resource, obj) if obj is not None and self._ours(obj) else None
+        return None
+
+    def _stale(self, key: ServiceKey) -> list[tuple[Resource, dict[str, Any]]]:
+        """Routes of ours for a desired service that does not want them."""
+        service = self.context.desired_service(key)
+        backend = self._backend(key) if service is not None else None
+        if service is None or backend is None:
+            return []
+        names = {(r.plural, r.name) for r in self._wanted(service, backend)}
+        return [
+            (r, o) for r, o in self._routes_of(key) if (r.plural, _meta(o)["name"]) not in names
+        ]
+
     def _routes_of(self, key: ServiceKey) -> list[tuple[Resource, dict[str, Any]]]:
         return [
             (resource, obj)
@@ -423,6 +450,15 @@ class GatewaySink:
         return rendered.routes
 
     def _entry(self, key: ServiceKey) -> Observed | None:
+        entry = self._route_of_entry(key) if "/" in key[1] else None
+        if entry is not None:
+            if entry not in self._stale((self.namespace, rt.service_name_of(entry[1]))):
+                return None  # wanted again, or its service went (deleted with it)
+            sources = (_meta(entry[1]).get("annotations") or {}).get(rt.SOURCES_ANNOTATION)
+            split = tuple(s for s in (sources or "").split(",") if s)
+            return Observed(key, True, None, split, counted=False)
+        if "/" in key[1]:
+            return None  # a route entry whose route is gone
         service = self.context.desired_service(key)
         mine = self._routes_of(key)
         if service is None:
@@ -437,7 +473,11 @@ class GatewaySink:
             # (the Go version's, at a migration) wait for it, not deleted.
             return Observed(key, True, service, service.sources)
         wanted = self._wanted(service, backend)
+        names = {(r.plural, r.name) for r in wanted}
+        # (a route it no longer wants is an entry of its own: the planner
+        # deletes it, under the policy and the prune budget)
         live = {(r.plural, _meta(o)["name"]): o for r, o in mine}
+        live = {which: obj for which, obj in live.items() if which in names}
         for route in wanted:
             obj = self.informers[_resource(route)].store.get(route.name)
             if obj is not None and not self._ours(obj):
@@ -456,6 +496,10 @@ class GatewaySink:
         if keys is None:
             keys = set(self._view) | set(self.context.desired_keys()[1])
             keys |= {(self.namespace, rt.service_name_of(o)) for _, o in self._all_routes()}
+        keys = set(keys)
+        for key in list(keys):  # with the entries of the routes it no longer wants
+            keys |= {self._route_entry(r, o) for r, o in self._stale(key)}
+            keys |= {k for k in self._view if "/" in k[1]}
         for key in keys:
             before = self._view.get(key)
             after = self._entry(key)
@@ -464,6 +508,9 @@ class GatewaySink:
             else:
                 self._view[key] = after
             if external and self._watching and after != before and key not in self._writing:
+                self.context.mark_dirty([key])
+            elif after is not None and before is None and "/" in key[1]:
+                # a route its service no longer wants: the planner's to delete
                 self.context.mark_dirty([key])
         counts = {resource: 0 for resource in ROUTE_RESOURCES}
         for resource, obj in self._all_routes():
@@ -597,19 +644,15 @@ class GatewaySink:
             )
             self.informers[resource].put(result)
         names = {(r.plural, r.name) for r in wanted}
-        stale = [
-            (r, o) for r, o in self._routes_of(key) if (r.plural, _meta(o)["name"]) not in names
-        ]
-        if stale and self.context.policy != "sync":
-            log.debug(
-                "sink %s: %s keeps %d routes no longer wanted (policy %s never deletes)",
-                self.name,
-                key[1],
-                len(stale),
-                self.context.policy,
-            )
-            return
-        await self._delete_routes(stale)
+        # Routes it no longer wants are deleted by the planner, as entries of
+        # their own (policy, prune budget): plan them now.
+        stale = {
+            self._route_entry(r, o)
+            for r, o in self._routes_of(key)
+            if (r.plural, _meta(o)["name"]) not in names
+        }
+        if stale:
+            self.context.mark_dirty(stale)
 
     async def _delete_routes(self, items: Sequence[tuple[Resource, Mapping[str, Any]]]) -> None:
         assert self.client is not None

@@ -309,3 +309,31 @@ async def test_plan_shows_the_routes_to_make(kube: KubeDouble) -> None:
     )
     plans = await app.runtime.plan_only()
     assert [(c.action.value, c.key) for c in plans["gateway"].changes] == [("create", (NS, "plex"))]
+
+
+async def test_routes_of_a_removed_tag_go_through_the_prune_budget(kube: KubeDouble) -> None:
+    """A route a service no longer wants is deleted by the planner: a mass
+    tag removal (a mistyped INTERNAL_TAG, say) is held, not applied."""
+    app = gateway_app(kube)
+    tagged = [service(f"s{i}", f"10.0.0.{i}", tags=["internal"]) for i in range(8)]
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await source(app).push(
+            [*tagged, service("plain0", "10.0.1.1"), service("plain1", "10.0.1.2")]
+        )
+        await until(lambda: len(routes(kube)) == 8)
+        kube.reset_log()
+        # every tag goes at once: 8 route deletes of 10 services' worth
+        await source(app).push(
+            [service(f"s{i}", f"10.0.0.{i}") for i in range(8)]
+            + [service("plain0", "10.0.1.1"), service("plain1", "10.0.1.2")]
+        )
+        await until(lambda: metric(app, "consul_sync_prune_held", sink="gateway") == 8)
+        assert len(routes(kube)) == 8
+        assert not [w for w in writes(kube) if w[0] == "DELETE"]
+        # released (as --release-held-deletes does), they go
+        app.runtime.release_held = True
+        app.runtime.request_resync()
+        await until(lambda: routes(kube) == {})
+        assert kube.list("services", NS) != []  # the Services stay
+        app.runtime.stop()
