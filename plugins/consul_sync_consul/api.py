@@ -23,15 +23,15 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import anyio
 import anyio.abc
 import attrs
+import h11
 import httpx
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 log = logging.getLogger("consul_sync.consul")
 
@@ -193,14 +193,6 @@ class Reply:
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
 
-def _h2_available() -> bool:
-    try:
-        import h2  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class _Answer:
     """What a transport hands back: status, headers (lower-case names), body."""
 
@@ -218,32 +210,17 @@ def _over_cap(path: str, size: int, cap: int) -> BadAnswer:
 
 
 class _HTTPXTransport:
-    """https (with HTTP/2 where ``h2`` is installed), or an injected transport."""
+    """An injected httpx transport (tests: ``Context.http_transport``)."""
 
     def __init__(
         self,
         base_url: str,
         *,
-        transport: httpx.AsyncBaseTransport | None,
-        uds: str | None,
-        tls: TLSSettings,
-        http2: bool,
-        max_connections: int,
+        transport: httpx.AsyncBaseTransport,
         max_body: int,
         timeout: float,
     ) -> None:
-        https = base_url.startswith("https://")
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        if transport is None:
-            verify: ssl.SSLContext | bool = ssl_context(tls) if https else True
-            transport = httpx.AsyncHTTPTransport(
-                verify=verify, http2=http2, limits=limits, uds=uds, retries=0
-            )
         self._extensions: dict[str, Any] = {}
-        if https and tls.server_name:
-            self._extensions["sni_hostname"] = tls.server_name
         self.max_body = max_body
         self.timeout = timeout
         self._client = httpx.AsyncClient(
@@ -287,59 +264,86 @@ class _HTTPXTransport:
 
 
 class _Connection:
-    __slots__ = ("reader", "stream")
+    """One socket (TCP, TLS or unix) and h11's state for it."""
+
+    __slots__ = ("h11", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_MAX)
 
 
-_LINE_MAX = 64 * 1024
+_HEAD_MAX = 64 * 1024
+_RECEIVE = 65536
 
 
-class _H1Transport:
-    """Plain HTTP/1.1 over TCP or a unix socket, keep-alive, no pipelining.
+class _H11Transport:
+    """HTTP/1.1 through h11 over anyio streams: TCP, TLS or a unix socket.
 
-    Consul reads are many small GETs: this is about five times cheaper per
-    request than a general-purpose client (docs/consul-source.md), which
-    matters for the initial read and for sweeps of thousands of services.
-    At most ``max_connections`` connections exist at any time, idle ones
-    included: a request waits for a free one rather than opening more.
+    h11 (the HTTP/1.1 state machine httpcore itself runs on) does every
+    byte of HTTP: request framing, status line and headers, chunked,
+    Content-Length or close-delimited bodies, and whether the connection
+    may be kept.  This class only manages connections, as cheaply as the
+    reads need (docs/consul-source.md, "The HTTP client"): at most
+    ``max_connections`` exist at any time, idle ones included; a request
+    waits for a free one rather than opening more.
     """
 
     def __init__(
-        self, host: str, port: int, uds: str | None, *, max_connections: int, max_body: int
+        self,
+        host: str,
+        port: int,
+        uds: str | None,
+        *,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
+        max_connections: int,
+        max_body: int,
     ) -> None:
         self.host, self.port, self.uds = host, port, uds
+        self.tls = tls
+        self.server_name = server_name or host
         self.max_body = max_body
         #: Idle keep-alive connections kept for the next reads; the rest of a
         #: burst (an initial read, a sweep) is closed when it ends.
         self.max_idle = min(4, max_connections)
         self._slots = anyio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
+        default_port = 443 if tls is not None else 80
         if uds:
             authority = "localhost"
         elif ":" in host:
             authority = f"[{host}]:{port}"
         else:
-            authority = f"{host}:{port}"
-        self._head = (
-            f"Host: {authority}\r\nUser-Agent: {USER_AGENT}\r\nAccept: application/json\r\n"
-        )
+            authority = f"{host}:{port}" if port != default_port else host
+        self._head: list[tuple[str, str]] = [
+            ("Host", authority),
+            ("User-Agent", USER_AGENT),
+            ("Accept", "application/json"),
+        ]
         self._closed = False
 
     async def _connect(self) -> _Connection:
         stream: anyio.abc.ByteStream
         if self.uds:
             stream = await anyio.connect_unix(self.uds)
+        elif self.tls is not None:
+            # Not "standard compatible": no close_notify exchange on close (an
+            # agent need not answer it); every body here is framed by HTTP.
+            stream = await anyio.connect_tcp(
+                self.host,
+                self.port,
+                ssl_context=self.tls,
+                tls_hostname=self.server_name,
+                tls_standard_compatible=False,
+            )
         else:
             stream = await anyio.connect_tcp(self.host, self.port)
         return _Connection(stream)
 
     async def get(self, target: str, headers: dict[str, str], read_timeout: float) -> _Answer:
         path = target.partition("?")[0]
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        request = f"GET {target} HTTP/1.1\r\n{self._head}{extra}\r\n".encode()
+        request = h11.Request(method="GET", target=target, headers=[*self._head, *headers.items()])
         async with self._slots:
             for attempt in (0, 1):
                 reused = bool(self._idle)
@@ -348,8 +352,7 @@ class _H1Transport:
                     with anyio.fail_after(read_timeout):
                         if conn is None:
                             conn = await self._connect()
-                        await conn.stream.send(request)
-                        answer, keep = await self._response(conn, path)
+                        answer, keep = await self._exchange(conn, request, path)
                 except TimeoutError:
                     await _discard(conn)
                     raise Unavailable(f"GET {path}: timed out after {read_timeout:g}s") from None
@@ -357,7 +360,7 @@ class _H1Transport:
                     await _discard(conn)
                     raise
                 except (OSError, anyio.BrokenResourceError, anyio.EndOfStream,
-                        anyio.IncompleteRead, anyio.ClosedResourceError) as exc:  # fmt: skip
+                        anyio.ClosedResourceError) as exc:  # fmt: skip
                     await _discard(conn)
                     if reused and attempt == 0 and isinstance(exc, _STALE):
                         continue  # the agent closed an idle connection: once more, fresh
@@ -376,70 +379,63 @@ class _H1Transport:
                 return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _response(self, conn: _Connection, path: str) -> tuple[_Answer, bool]:
-        reader = conn.reader
-        try:
-            status_line = await reader.receive_until(b"\r\n", _LINE_MAX)
-            version, _, rest = status_line.decode("latin-1").partition(" ")
-            status = int(rest[:3])
-            headers: dict[str, str] = {}
-            while True:
-                line = await reader.receive_until(b"\r\n", _LINE_MAX)
-                if not line:
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-        except (anyio.DelimiterNotFound, ValueError, IndexError):
-            raise BadAnswer(f"GET {path}: not an HTTP/1.1 answer") from None
+    async def _exchange(
+        self, conn: _Connection, request: h11.Request, path: str
+    ) -> tuple[_Answer, bool]:
+        state = conn.h11
+        stream = conn.stream
+        await stream.send(state.send(request) + state.send(_END))
         cap = self.max_body
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                size_line = await reader.receive_until(b"\r\n", _LINE_MAX)
-                try:
-                    length = int(size_line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise BadAnswer(f"GET {path}: bad chunk size {size_line[:20]!r}") from None
-                if length == 0:
-                    while await reader.receive_until(b"\r\n", _LINE_MAX):
-                        pass  # trailers
-                    break
-                size += length
-                if size > cap:
-                    raise _over_cap(path, size, cap)
-                chunks.append(await reader.receive_exactly(length))
-                await reader.receive_exactly(2)
-            body = b"".join(chunks)
-        elif "content-length" in headers:
+        response: h11.Response | None = None
+        chunks: list[bytes] = []
+        size = 0
+        received = 0
+        eof = False
+        while True:
             try:
-                length = int(headers["content-length"])
-            except ValueError:
-                raise BadAnswer(f"GET {path}: bad Content-Length") from None
-            if length > cap:
-                raise _over_cap(path, length, cap)
-            body = await reader.receive_exactly(length) if length else b""
-        else:  # the body runs to the end of the connection
-            parts: list[bytes] = []
-            size = 0
-            buffered = reader.buffer
-            if buffered:
-                parts.append(bytes(buffered))
-                size = len(buffered)
-                await reader.receive_exactly(size)
-            while True:
+                event = state.next_event()
+            except h11.RemoteProtocolError as exc:
+                if not eof:
+                    raise BadAnswer(f"GET {path}: not an HTTP/1.1 answer ({exc})") from None
+                if not received:
+                    raise anyio.EndOfStream from None  # closed before answering (idle?)
+                raise Unavailable(
+                    f"GET {path}: the agent closed the connection before the answer was complete"
+                ) from None
+            if event is h11.NEED_DATA:
                 try:
-                    data = await conn.stream.receive()
+                    data = await stream.receive(_RECEIVE)
                 except anyio.EndOfStream:
-                    break
-                size += len(data)
+                    data = b""
+                    eof = True
+                received += len(data)
+                state.receive_data(data)
+            elif type(event) is h11.Data:
+                size += len(event.data)
                 if size > cap:
                     raise _over_cap(path, size, cap)
-                parts.append(data)
-            body = b"".join(parts)
-            headers["connection"] = "close"
-        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        return _Answer(status, headers, body, version), keep
+                chunks.append(event.data)
+            elif type(event) is h11.Response:
+                response = event
+                length = _content_length(event.headers)
+                if length is not None and length > cap:
+                    raise _over_cap(path, length, cap)
+            elif type(event) is h11.EndOfMessage:
+                break
+            elif type(event) is h11.ConnectionClosed:  # pragma: no cover - h11 raises first
+                raise anyio.EndOfStream
+            # InformationalResponse (1xx): nothing to do
+        assert response is not None
+        keep = state.our_state is h11.DONE and state.their_state is h11.DONE
+        if keep:
+            state.start_next_cycle()
+        answer = _Answer(
+            response.status_code,
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in response.headers},
+            chunks[0] if len(chunks) == 1 else b"".join(chunks),
+            "HTTP/" + response.http_version.decode("ascii"),
+        )
+        return answer, keep
 
     async def aclose(self) -> None:
         self._closed = True
@@ -448,8 +444,18 @@ class _H1Transport:
             await _discard(conn)
 
 
+_END = h11.EndOfMessage()
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)  # h11 has validated it
+    return None
+
+
 #: Errors that mean an idle keep-alive connection had been closed by the agent.
-_STALE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead, ConnectionError)
+_STALE = (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)
 
 
 async def _discard(conn: _Connection | None) -> None:
@@ -461,7 +467,7 @@ async def _discard(conn: _Connection | None) -> None:
 
 
 def _describe_os(exc: BaseException) -> str:
-    if isinstance(exc, anyio.EndOfStream | anyio.IncompleteRead):
+    if isinstance(exc, anyio.EndOfStream):
         return "the agent closed the connection before the answer was complete"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -493,28 +499,26 @@ class ConsulAPI:
         self.timeout = timeout
         self.max_connections = max_connections
         https = self.base_url.startswith("https://")
-        self.http2 = bool(http2 and https and _h2_available())
-        self._transport: _HTTPXTransport | _H1Transport
+        #: HTTP/2 is not spoken (h11 is HTTP/1.1 only); ``http2`` is accepted
+        #: for the configuration's sake.  Reads are spread over up to
+        #: ``max_connections`` keep-alive connections instead.
+        self.http2 = False
+        self._transport: _HTTPXTransport | _H11Transport
         #: Path prefix of the address (an agent behind a proxy at /consul).
         self._prefix = ""
-        if https or transport is not None:
+        if transport is not None:  # tests: an injected httpx transport
             self._transport = _HTTPXTransport(
-                self.base_url,
-                transport=transport,
-                uds=uds,
-                tls=tls,
-                http2=self.http2,
-                max_connections=max_connections,
-                max_body=max_body,
-                timeout=timeout,
+                self.base_url, transport=transport, max_body=max_body, timeout=timeout
             )
         else:
             url = httpx.URL(self.base_url)
             self._prefix = url.raw_path.decode().rstrip("/")
-            self._transport = _H1Transport(
+            self._transport = _H11Transport(
                 url.host or "localhost",
-                url.port or 80,
+                url.port or (443 if https else 80),
                 uds,
+                tls=ssl_context(tls) if https else None,
+                server_name=tls.server_name,
                 max_connections=max_connections,
                 max_body=max_body,
             )
