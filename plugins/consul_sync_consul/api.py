@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -316,10 +316,10 @@ class _H11Transport:
             authority = f"[{host}]:{port}"
         else:
             authority = f"{host}:{port}" if port != default_port else host
-        self._head: list[tuple[str, str]] = [
-            ("Host", authority),
-            ("User-Agent", USER_AGENT),
-            ("Accept", "application/json"),
+        self._head: list[tuple[bytes, bytes]] = [
+            (b"Host", authority.encode("idna")),
+            (b"User-Agent", USER_AGENT.encode()),
+            (b"Accept", b"application/json"),
         ]
         self._closed = False
 
@@ -343,7 +343,11 @@ class _H11Transport:
 
     async def get(self, target: str, headers: dict[str, str], read_timeout: float) -> _Answer:
         path = target.partition("?")[0]
-        request = h11.Request(method="GET", target=target, headers=[*self._head, *headers.items()])
+        request = h11.Request(
+            method=b"GET",
+            target=target.encode("ascii"),
+            headers=[*self._head, *[(k.encode(), v.encode()) for k, v in headers.items()]],
+        )
         async with self._slots:
             for attempt in (0, 1):
                 reused = bool(self._idle)
@@ -416,10 +420,7 @@ class _H11Transport:
                     raise _over_cap(path, size, cap)
                 chunks.append(event.data)
             elif type(event) is h11.Response:
-                response = event
-                length = _content_length(event.headers)
-                if length is not None and length > cap:
-                    raise _over_cap(path, length, cap)
+                response = event  # the body is capped as it arrives (64 KiB at a time)
             elif type(event) is h11.EndOfMessage:
                 break
             elif type(event) is h11.ConnectionClosed:  # pragma: no cover - h11 raises first
@@ -445,13 +446,6 @@ class _H11Transport:
 
 
 _END = h11.EndOfMessage()
-
-
-def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value)  # h11 has validated it
-    return None
 
 
 #: Errors that mean an idle keep-alive connection had been closed by the agent.
