@@ -348,39 +348,50 @@ class _H11Transport:
             target=target.encode("ascii"),
             headers=[*self._head, *[(k.encode(), v.encode()) for k, v in headers.items()]],
         )
-        async with self._slots:
-            for attempt in (0, 1):
-                reused = bool(self._idle)
-                conn = self._idle.pop() if reused else None
-                try:
-                    with anyio.fail_after(read_timeout):
-                        if conn is None:
-                            conn = await self._connect()
-                        answer, keep = await self._exchange(conn, request, path)
-                except TimeoutError:
-                    await _discard(conn)
-                    raise Unavailable(f"GET {path}: timed out after {read_timeout:g}s") from None
-                except BadAnswer:
-                    await _discard(conn)
-                    raise
-                except (OSError, anyio.BrokenResourceError, anyio.EndOfStream,
-                        anyio.ClosedResourceError) as exc:  # fmt: skip
-                    await _discard(conn)
-                    if reused and attempt == 0 and isinstance(exc, _STALE):
-                        continue  # the agent closed an idle connection: once more, fresh
-                    raise Unavailable(f"GET {path}: {_describe_os(exc)}") from None
-                except BaseException:
-                    await _discard(conn)
-                    raise
-                # Keep it for the next read when requests are waiting for a
-                # slot (mid-burst: no close-then-reopen churn, which the agent
-                # would briefly count twice), or when few are idle.
-                busy = self._slots.statistics().tasks_waiting > 0
-                if keep and not self._closed and (busy or len(self._idle) < self.max_idle):
-                    self._idle.append(conn)
-                else:
-                    await _discard(conn)
-                return answer
+        # A free slot is taken without a trip through the event loop (the
+        # exchange that follows has awaits enough); otherwise wait in line.
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            return await self._get(request, path, read_timeout)
+        finally:
+            self._slots.release()
+
+    async def _get(self, request: h11.Request, path: str, read_timeout: float) -> _Answer:
+        for attempt in (0, 1):
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else None
+            try:
+                with anyio.fail_after(read_timeout):
+                    if conn is None:
+                        conn = await self._connect()
+                    answer, keep = await self._exchange(conn, request, path)
+            except TimeoutError:
+                await _discard(conn)
+                raise Unavailable(f"GET {path}: timed out after {read_timeout:g}s") from None
+            except BadAnswer:
+                await _discard(conn)
+                raise
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream,
+                    anyio.ClosedResourceError) as exc:  # fmt: skip
+                await _discard(conn)
+                if reused and attempt == 0 and isinstance(exc, _STALE):
+                    continue  # the agent closed an idle connection: once more, fresh
+                raise Unavailable(f"GET {path}: {_describe_os(exc)}") from None
+            except BaseException:
+                await _discard(conn)
+                raise
+            # Keep it for the next read when requests are waiting for a
+            # slot (mid-burst: no close-then-reopen churn, which the agent
+            # would briefly count twice), or when few are idle.
+            busy = self._slots.statistics().tasks_waiting > 0
+            if keep and not self._closed and (busy or len(self._idle) < self.max_idle):
+                self._idle.append(conn)
+            else:
+                await _discard(conn)
+            return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange(
