@@ -32,6 +32,7 @@ import anyio.abc
 import attrs
 import h11
 import httpx
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 log = logging.getLogger("consul_sync.consul")
 
@@ -193,6 +194,14 @@ class Reply:
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
 
+def _h2_available() -> bool:
+    try:
+        import h2  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class _Answer:
     """What a transport hands back: status, headers (lower-case names), body."""
 
@@ -210,17 +219,32 @@ def _over_cap(path: str, size: int, cap: int) -> BadAnswer:
 
 
 class _HTTPXTransport:
-    """An injected httpx transport (tests: ``Context.http_transport``)."""
+    """https (with HTTP/2 where ``h2`` is installed), or an injected transport."""
 
     def __init__(
         self,
         base_url: str,
         *,
-        transport: httpx.AsyncBaseTransport,
+        transport: httpx.AsyncBaseTransport | None,
+        uds: str | None,
+        tls: TLSSettings,
+        http2: bool,
+        max_connections: int,
         max_body: int,
         timeout: float,
     ) -> None:
+        https = base_url.startswith("https://")
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        if transport is None:
+            verify: ssl.SSLContext | bool = ssl_context(tls) if https else True
+            transport = httpx.AsyncHTTPTransport(
+                verify=verify, http2=http2, limits=limits, uds=uds, retries=0
+            )
         self._extensions: dict[str, Any] = {}
+        if https and tls.server_name:
+            self._extensions["sni_hostname"] = tls.server_name
         self.max_body = max_body
         self.timeout = timeout
         self._client = httpx.AsyncClient(
@@ -264,6 +288,168 @@ class _HTTPXTransport:
 
 
 class _Connection:
+    __slots__ = ("reader", "stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+
+
+_LINE_MAX = 64 * 1024
+
+
+class _H1Transport:
+    """Plain HTTP/1.1 over TCP or a unix socket, keep-alive, no pipelining.
+
+    Consul reads are many small GETs: this is about five times cheaper per
+    request than a general-purpose client (docs/consul-source.md), which
+    matters for the initial read and for sweeps of thousands of services.
+    At most ``max_connections`` connections exist at any time, idle ones
+    included: a request waits for a free one rather than opening more.
+    """
+
+    def __init__(
+        self, host: str, port: int, uds: str | None, *, max_connections: int, max_body: int
+    ) -> None:
+        self.host, self.port, self.uds = host, port, uds
+        self.max_body = max_body
+        #: Idle keep-alive connections kept for the next reads; the rest of a
+        #: burst (an initial read, a sweep) is closed when it ends.
+        self.max_idle = min(4, max_connections)
+        self._slots = anyio.Semaphore(max_connections)
+        self._idle: list[_Connection] = []
+        if uds:
+            authority = "localhost"
+        elif ":" in host:
+            authority = f"[{host}]:{port}"
+        else:
+            authority = f"{host}:{port}"
+        self._head = (
+            f"Host: {authority}\r\nUser-Agent: {USER_AGENT}\r\nAccept: application/json\r\n"
+        )
+        self._closed = False
+
+    async def _connect(self) -> _Connection:
+        stream: anyio.abc.ByteStream
+        if self.uds:
+            stream = await anyio.connect_unix(self.uds)
+        else:
+            stream = await anyio.connect_tcp(self.host, self.port)
+        return _Connection(stream)
+
+    async def get(self, target: str, headers: dict[str, str], read_timeout: float) -> _Answer:
+        path = target.partition("?")[0]
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = f"GET {target} HTTP/1.1\r\n{self._head}{extra}\r\n".encode()
+        async with self._slots:
+            for attempt in (0, 1):
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else None
+                try:
+                    with anyio.fail_after(read_timeout):
+                        if conn is None:
+                            conn = await self._connect()
+                        await conn.stream.send(request)
+                        answer, keep = await self._response(conn, path)
+                except TimeoutError:
+                    await _discard(conn)
+                    raise Unavailable(f"GET {path}: timed out after {read_timeout:g}s") from None
+                except BadAnswer:
+                    await _discard(conn)
+                    raise
+                except (OSError, anyio.BrokenResourceError, anyio.EndOfStream,
+                        anyio.IncompleteRead, anyio.ClosedResourceError) as exc:  # fmt: skip
+                    await _discard(conn)
+                    if reused and attempt == 0 and isinstance(exc, _STALE):
+                        continue  # the agent closed an idle connection: once more, fresh
+                    raise Unavailable(f"GET {path}: {_describe_os(exc)}") from None
+                except BaseException:
+                    await _discard(conn)
+                    raise
+                # Keep it for the next read when requests are waiting for a
+                # slot (mid-burst: no close-then-reopen churn, which the agent
+                # would briefly count twice), or when few are idle.
+                busy = self._slots.statistics().tasks_waiting > 0
+                if keep and not self._closed and (busy or len(self._idle) < self.max_idle):
+                    self._idle.append(conn)
+                else:
+                    await _discard(conn)
+                return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _response(self, conn: _Connection, path: str) -> tuple[_Answer, bool]:
+        reader = conn.reader
+        try:
+            status_line = await reader.receive_until(b"\r\n", _LINE_MAX)
+            version, _, rest = status_line.decode("latin-1").partition(" ")
+            status = int(rest[:3])
+            headers: dict[str, str] = {}
+            while True:
+                line = await reader.receive_until(b"\r\n", _LINE_MAX)
+                if not line:
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+        except (anyio.DelimiterNotFound, ValueError, IndexError):
+            raise BadAnswer(f"GET {path}: not an HTTP/1.1 answer") from None
+        cap = self.max_body
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                size_line = await reader.receive_until(b"\r\n", _LINE_MAX)
+                try:
+                    length = int(size_line.split(b";", 1)[0], 16)
+                except ValueError:
+                    raise BadAnswer(f"GET {path}: bad chunk size {size_line[:20]!r}") from None
+                if length == 0:
+                    while await reader.receive_until(b"\r\n", _LINE_MAX):
+                        pass  # trailers
+                    break
+                size += length
+                if size > cap:
+                    raise _over_cap(path, size, cap)
+                chunks.append(await reader.receive_exactly(length))
+                await reader.receive_exactly(2)
+            body = b"".join(chunks)
+        elif "content-length" in headers:
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                raise BadAnswer(f"GET {path}: bad Content-Length") from None
+            if length > cap:
+                raise _over_cap(path, length, cap)
+            body = await reader.receive_exactly(length) if length else b""
+        else:  # the body runs to the end of the connection
+            parts: list[bytes] = []
+            size = 0
+            buffered = reader.buffer
+            if buffered:
+                parts.append(bytes(buffered))
+                size = len(buffered)
+                await reader.receive_exactly(size)
+            while True:
+                try:
+                    data = await conn.stream.receive()
+                except anyio.EndOfStream:
+                    break
+                size += len(data)
+                if size > cap:
+                    raise _over_cap(path, size, cap)
+                parts.append(data)
+            body = b"".join(parts)
+            headers["connection"] = "close"
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        return _Answer(status, headers, body, version), keep
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _discard(conn)
+
+
+class _H11Connection:
     """One socket (TCP, TLS or unix) and h11's state for it."""
 
     __slots__ = ("h11", "stream")
@@ -308,7 +494,7 @@ class _H11Transport:
         #: burst (an initial read, a sweep) is closed when it ends.
         self.max_idle = min(4, max_connections)
         self._slots = anyio.Semaphore(max_connections)
-        self._idle: list[_Connection] = []
+        self._idle: list[_H11Connection] = []
         default_port = 443 if tls is not None else 80
         if uds:
             authority = "localhost"
@@ -323,7 +509,7 @@ class _H11Transport:
         ]
         self._closed = False
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> _H11Connection:
         stream: anyio.abc.ByteStream
         if self.uds:
             stream = await anyio.connect_unix(self.uds)
@@ -339,7 +525,7 @@ class _H11Transport:
             )
         else:
             stream = await anyio.connect_tcp(self.host, self.port)
-        return _Connection(stream)
+        return _H11Connection(stream)
 
     async def get(self, target: str, headers: dict[str, str], read_timeout: float) -> _Answer:
         path = target.partition("?")[0]
@@ -395,7 +581,7 @@ class _H11Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange(
-        self, conn: _Connection, request: h11.Request, path: str
+        self, conn: _H11Connection, request: h11.Request, path: str
     ) -> tuple[_Answer, bool]:
         state = conn.h11
         stream = conn.stream
@@ -460,10 +646,10 @@ _END = h11.EndOfMessage()
 
 
 #: Errors that mean an idle keep-alive connection had been closed by the agent.
-_STALE = (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)
+_STALE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead, ConnectionError)
 
 
-async def _discard(conn: _Connection | None) -> None:
+async def _discard(conn: _Connection | _H11Connection | None) -> None:
     if conn is None:
         return
     # Closing a broken connection may fail too; it is gone either way.
@@ -472,7 +658,7 @@ async def _discard(conn: _Connection | None) -> None:
 
 
 def _describe_os(exc: BaseException) -> str:
-    if isinstance(exc, anyio.EndOfStream):
+    if isinstance(exc, anyio.EndOfStream | anyio.IncompleteRead):
         return "the agent closed the connection before the answer was complete"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -480,6 +666,10 @@ def _describe_os(exc: BaseException) -> str:
 
 
 USER_AGENT = "consul-sync"
+#: Which HTTP client reads from Consul: ``legacy`` (the default: the own
+#: HTTP/1.1 client for http and unix, httpx for https) or ``h11`` (one
+#: stack, h11 over anyio streams, for every scheme; docs/consul-source.md).
+STACK_ENV = "CONSUL_SYNC_HTTP_STACK"
 
 
 class ConsulAPI:
@@ -497,25 +687,26 @@ class ConsulAPI:
         timeout: float = 10.0,
         http2: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        stack: str | None = None,
     ) -> None:
         self.base_url, uds = parse_address(address)
+        if stack is None:
+            stack = os.environ.get(STACK_ENV, "") or "legacy"
+        if stack not in ("legacy", "h11"):
+            raise ValueError(f"{STACK_ENV}: expected legacy or h11, got {stack!r}")
+        self.stack = stack
         self.tokens = tokens
         self.query = dict(query or {})
         self.timeout = timeout
         self.max_connections = max_connections
         https = self.base_url.startswith("https://")
-        #: HTTP/2 is not spoken (h11 is HTTP/1.1 only); ``http2`` is accepted
-        #: for the configuration's sake.  Reads are spread over up to
-        #: ``max_connections`` keep-alive connections instead.
-        self.http2 = False
-        self._transport: _HTTPXTransport | _H11Transport
+        self.http2 = bool(http2 and https and _h2_available())
+        self._transport: _HTTPXTransport | _H1Transport | _H11Transport
         #: Path prefix of the address (an agent behind a proxy at /consul).
         self._prefix = ""
-        if transport is not None:  # tests: an injected httpx transport
-            self._transport = _HTTPXTransport(
-                self.base_url, transport=transport, max_body=max_body, timeout=timeout
-            )
-        else:
+        if stack == "h11" and transport is None:
+            # One stack for every scheme: h11 over anyio streams (HTTP/1.1 only).
+            self.http2 = False
             url = httpx.URL(self.base_url)
             self._prefix = url.raw_path.decode().rstrip("/")
             self._transport = _H11Transport(
@@ -524,6 +715,27 @@ class ConsulAPI:
                 uds,
                 tls=ssl_context(tls) if https else None,
                 server_name=tls.server_name,
+                max_connections=max_connections,
+                max_body=max_body,
+            )
+        elif https or transport is not None:
+            self._transport = _HTTPXTransport(
+                self.base_url,
+                transport=transport,
+                uds=uds,
+                tls=tls,
+                http2=self.http2,
+                max_connections=max_connections,
+                max_body=max_body,
+                timeout=timeout,
+            )
+        else:
+            url = httpx.URL(self.base_url)
+            self._prefix = url.raw_path.decode().rstrip("/")
+            self._transport = _H1Transport(
+                url.host or "localhost",
+                url.port or 80,
+                uds,
                 max_connections=max_connections,
                 max_body=max_body,
             )
