@@ -17,19 +17,42 @@ It reports:
 * a node's own address changing (the nodes watch), for an instance without
   an address of its own -> the runtime / the sink;
 * consul-sync's CPU (percent of one core) and memory (RSS) while idle.
+
+Before that, the per-read cost of the HTTP client: reads per second of
+``health/service/NAME`` (the readers' read, JSON decoded, through
+``ConsulAPI.get``) and the client's CPU per read, with 1 and with 62 reads
+in flight, over each scheme (``--read-schemes http unix https``), for the
+current client and for the old one in the same run, as new/old ratios.
+"The old one" is ``api.py`` of ``--old-ref`` (default: the last commit with
+the hand-written HTTP/1.1 client, and httpx for https), taken with
+``git show`` into a temporary module under ``bench/`` for the run and
+removed afterwards; ``--old-ref ''`` measures the current client only.
+Old and new alternate within each round (``--rounds``); the best and the
+median round of each are printed (the machine may be shared).
+
+The current api.py holds both clients; the new one (h11 over anyio, one
+stack) is chosen with ``stack="h11"`` / ``CONSUL_SYNC_HTTP_STACK=h11``.
+``--client new`` (default) runs the N-service bench with it in the source,
+``--client old`` with ``--old-ref``'s api.py (same exception classes), for
+comparing the 10,000-service figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import anyio
@@ -42,11 +65,151 @@ from consul_sync.metrics import Metrics
 from consul_sync.model import DesiredService, ServiceKey
 from consul_sync.plugins import make_plugin_manager
 from consul_sync.runtime import Runtime
+from consul_sync_consul import api
+from consul_sync_consul import source as consul_source
 from tests.consul.helpers import make_source
 from tests.consul.remote_double import RemoteDouble
+from tests.consul.schemes import double_tls, make_pki
 from tests.consul.sinks import MemorySink
 
 TAG = ["kubernetes"]
+BENCH = Path(__file__).resolve().parent
+#: The last commit whose api.py has the hand-written HTTP/1.1 client (_H1Transport).
+OLD_REF = "0a8e656"
+#: Names the old module takes from the current one, so that the source
+#: catches its errors and takes its settings as its own.
+SHARED = ("ConsulError", "Unavailable", "BadAnswer", "Unsupported", "ACLRejected",
+          "TokenSource", "TLSSettings", "Reply")  # fmt: skip
+
+
+@contextlib.contextmanager
+def old_api(ref: str) -> Iterator[ModuleType | None]:
+    """``api.py`` as it was at ``ref``, imported from a temporary copy under bench/."""
+    if not ref:
+        yield None
+        return
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{ref}:plugins/consul_sync_consul/api.py"],
+            cwd=BENCH.parent, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"  (old client not measured: cannot read {ref}'s api.py: {exc})")
+        yield None
+        return
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".py", prefix="_old_consul_api_", dir=BENCH, delete=False
+    ) as handle:
+        handle.write(text)
+    path = Path(handle.name)
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name in SHARED:  # looked up at call time: the old code raises ours
+            setattr(module, name, getattr(api, name))
+        yield module
+    finally:
+        path.unlink()
+
+
+async def read_rate(
+    module: ModuleType,
+    url: str,
+    tls: Any,
+    names: list[str],
+    in_flight: int,
+    seconds: float,
+) -> tuple[float, float]:
+    """(reads per second, client CPU microseconds per read) through ``module.ConsulAPI``."""
+    consul = module.ConsulAPI(url, tokens=api.TokenSource(None, None), tls=tls, max_connections=64)
+    count = 0
+    end = 0.0
+
+    async def reader(start: int) -> None:
+        nonlocal count
+        i = start
+        while time.monotonic() < end:
+            await consul.get(f"/v1/health/service/{names[i % len(names)]}", {"tag": TAG[0]})
+            count += 1
+            i += in_flight
+
+    try:
+        end = time.monotonic() + 0.3  # warm up: connections opened, caches filled
+        async with anyio.create_task_group() as tg:
+            for k in range(in_flight):
+                tg.start_soon(reader, k)
+        count = 0
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        end = wall0 + seconds
+        async with anyio.create_task_group() as tg:
+            for k in range(in_flight):
+                tg.start_soon(reader, k)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    finally:
+        await consul.aclose()
+    return count / wall, 1e6 * cpu / max(count, 1)
+
+
+def _double_options(scheme: str, tmp: Path) -> dict[str, Any]:
+    if scheme == "https":
+        return {"tls": double_tls(make_pki(tmp))}
+    if scheme == "unix":
+        return {"unix_path": str(tmp / "consul.sock")}
+    return {}
+
+
+def read_costs(
+    old_ref: str, seconds: float, rounds: int, services: int, schemes: list[str]
+) -> None:
+    print(f"\nPer-read cost: health/service/NAME through ConsulAPI.get ({services} services x 3)")
+    print(f"  {rounds} rounds of {seconds:g} s each, old and new alternating; best (median)")
+    with old_api(old_ref) as old:
+        clients: list[tuple[str, ModuleType]] = [("new (h11 over anyio)", api)]
+        if old is not None:
+            clients.insert(0, (f"old ({old_ref})", old))
+        for scheme in schemes:
+            with tempfile.TemporaryDirectory() as tmp:
+                options = _double_options(scheme, Path(tmp))
+                with RemoteDouble(seed=7, max_conns_per_client=200, **options) as consul:
+                    names = consul.populate(services, 3)
+                    dtls = options.get("tls")
+                    tls = api.TLSSettings(
+                        ca_file=dtls.ca_file if dtls else None,
+                        server_name=dtls.server_name if dtls else None,
+                    )
+                    for in_flight in (1, 62):
+                        _rates(scheme, clients, consul.url, tls, names, in_flight, seconds, rounds)
+
+
+def _rates(
+    scheme: str,
+    clients: list[tuple[str, ModuleType]],
+    url: str,
+    tls: Any,
+    names: list[str],
+    in_flight: int,
+    seconds: float,
+    rounds: int,
+) -> None:
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in clients}
+    for _round in range(rounds):
+        for label, module in clients:
+            runs[label].append(anyio.run(read_rate, module, url, tls, names, in_flight, seconds))
+    summary: dict[str, tuple[float, float, float, float]] = {}
+    for label, results in runs.items():
+        rates = [r for r, _ in results]
+        cpus = [c for _, c in results]
+        summary[label] = (max(rates), statistics.median(rates), min(cpus), statistics.median(cpus))
+        best_rate, median_rate, best_cpu, median_cpu = summary[label]
+        print(f"  {scheme:<5} {in_flight:>2} in flight  {label:<22} {best_rate:6.0f} "
+              f"({median_rate:6.0f}) reads/s  client CPU {best_cpu:5.0f} ({median_cpu:5.0f}) "
+              "us/read")  # fmt: skip
+    if len(summary) == 2:
+        (ob, om, oc, ocm), (nb, nm, nc, ncm) = summary.values()
+        print(f"  {scheme:<5} {in_flight:>2} in flight  new/old: reads/s x{nb / ob:.2f} "
+              f"(x{nm / om:.2f}), CPU per read x{nc / oc:.2f} (x{ncm / ocm:.2f})")  # fmt: skip
 
 
 def rss_mib() -> float:
@@ -234,33 +397,70 @@ def row(label: str, pairs: list[tuple[float, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--services", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--services", type=int, nargs="*", default=[100, 1000, 10000])
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument(
         "--moves", "--sweeps", type=int, default=30, help="address changes in place"
     )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
+    parser.add_argument(
+        "--old-ref", default=OLD_REF, help="git ref of the old client ('': do not measure it)"
+    )
+    parser.add_argument(
+        "--read-seconds", type=float, default=2.0, help="seconds per read-rate round (0: skip)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="read-rate rounds")
+    parser.add_argument("--read-services", type=int, default=1000)
+    parser.add_argument("--read-schemes", nargs="+", default=["http", "unix", "https"])
+    parser.add_argument(
+        "--client", choices=["new", "old"], default="new", help="the client the source uses"
+    )
     args = parser.parse_args()
     print(f"consul-sync consul source benchmark (pid {os.getpid()}, {os.cpu_count()} CPUs)")
-    for n in args.services:
-        result = anyio.run(bench, n, args.samples, args.idle, args.moves)
-        print(f"\nN = {n} services x 3 instances (budget 64 connections)")
-        print(
-            f"  populate {result['populate_s']:.1f} s; initial sync to the sink "
-            f"{result['initial_sync_s']:.2f} s"
+    if args.read_seconds > 0:
+        read_costs(
+            args.old_ref, args.read_seconds, args.rounds, args.read_services, args.read_schemes
         )
-        print(
-            f"  connections: peak {result['peak_connections']}, idle "
-            f"{result['idle_connections']}, refused by the agent {result['rejected_connections']}"
-        )
-        print(row("health flip", result["flip"]))
-        print(row("registration (new service)", result["registration"]))
-        print(row("address change in place", result["address_change"]))
-        print(row("node address change", result["node_address_change"]))
-        print(
-            f"  idle: CPU {result['idle_cpu_pct']:.2f} % of one core, RSS "
-            f"{result['idle_rss_mib']:.0f} MiB; sweeps run {result['sweeps']}"
-        )
+    with contextlib.ExitStack() as stack:
+        if args.client == "new":
+            os.environ[api.STACK_ENV] = "h11"
+        if args.client == "old" and args.services:
+            old = stack.enter_context(old_api(args.old_ref or OLD_REF))
+            assert old is not None
+            stack.enter_context(_source_uses(old.ConsulAPI))
+        for n in args.services:
+            _run_bench(n, args, args.client)
+
+
+@contextlib.contextmanager
+def _source_uses(client: Any) -> Iterator[None]:
+    saved = consul_source.ConsulAPI  # type: ignore[attr-defined]
+    consul_source.ConsulAPI = client  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        consul_source.ConsulAPI = saved  # type: ignore[attr-defined]
+
+
+def _run_bench(n: int, args: argparse.Namespace, client: str) -> None:
+    result = anyio.run(bench, n, args.samples, args.idle, args.moves)
+    print(f"\nN = {n} services x 3 instances (budget 64 connections, {client} client)")
+    print(
+        f"  populate {result['populate_s']:.1f} s; initial sync to the sink "
+        f"{result['initial_sync_s']:.2f} s"
+    )
+    print(
+        f"  connections: peak {result['peak_connections']}, idle "
+        f"{result['idle_connections']}, refused by the agent {result['rejected_connections']}"
+    )
+    print(row("health flip", result["flip"]))
+    print(row("registration (new service)", result["registration"]))
+    print(row("address change in place", result["address_change"]))
+    print(row("node address change", result["node_address_change"]))
+    print(
+        f"  idle: CPU {result['idle_cpu_pct']:.2f} % of one core, RSS "
+        f"{result['idle_rss_mib']:.0f} MiB; sweeps run {result['sweeps']}"
+    )
 
 
 if __name__ == "__main__":

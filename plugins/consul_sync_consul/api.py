@@ -30,6 +30,7 @@ from urllib.parse import quote, urlencode
 import anyio
 import anyio.abc
 import attrs
+import h11
 import httpx
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -448,11 +449,207 @@ class _H1Transport:
             await _discard(conn)
 
 
+class _H11Connection:
+    """One socket (TCP, TLS or unix) and h11's state for it."""
+
+    __slots__ = ("h11", "stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_MAX)
+
+
+_HEAD_MAX = 64 * 1024
+_RECEIVE = 65536
+
+
+class _H11Transport:
+    """HTTP/1.1 through h11 over anyio streams: TCP, TLS or a unix socket.
+
+    h11 (the HTTP/1.1 state machine httpcore itself runs on) does every
+    byte of HTTP: request framing, status line and headers, chunked,
+    Content-Length or close-delimited bodies, and whether the connection
+    may be kept.  This class only manages connections, as cheaply as the
+    reads need (docs/consul-source.md, "The HTTP client"): at most
+    ``max_connections`` exist at any time, idle ones included; a request
+    waits for a free one rather than opening more.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        uds: str | None,
+        *,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
+        max_connections: int,
+        max_body: int,
+    ) -> None:
+        self.host, self.port, self.uds = host, port, uds
+        self.tls = tls
+        self.server_name = server_name or host
+        self.max_body = max_body
+        #: Idle keep-alive connections kept for the next reads; the rest of a
+        #: burst (an initial read, a sweep) is closed when it ends.
+        self.max_idle = min(4, max_connections)
+        self._slots = anyio.Semaphore(max_connections)
+        self._idle: list[_H11Connection] = []
+        default_port = 443 if tls is not None else 80
+        if uds:
+            authority = "localhost"
+        elif ":" in host:
+            authority = f"[{host}]:{port}"
+        else:
+            authority = f"{host}:{port}" if port != default_port else host
+        self._head: list[tuple[bytes, bytes]] = [
+            (b"Host", authority.encode("idna")),
+            (b"User-Agent", USER_AGENT.encode()),
+            (b"Accept", b"application/json"),
+        ]
+        self._closed = False
+
+    async def _connect(self) -> _H11Connection:
+        stream: anyio.abc.ByteStream
+        if self.uds:
+            stream = await anyio.connect_unix(self.uds)
+        elif self.tls is not None:
+            # Not "standard compatible": no close_notify exchange on close (an
+            # agent need not answer it); every body here is framed by HTTP.
+            stream = await anyio.connect_tcp(
+                self.host,
+                self.port,
+                ssl_context=self.tls,
+                tls_hostname=self.server_name,
+                tls_standard_compatible=False,
+            )
+        else:
+            stream = await anyio.connect_tcp(self.host, self.port)
+        return _H11Connection(stream)
+
+    async def get(self, target: str, headers: dict[str, str], read_timeout: float) -> _Answer:
+        path = target.partition("?")[0]
+        request = h11.Request(
+            method=b"GET",
+            target=target.encode("ascii"),
+            headers=[*self._head, *[(k.encode(), v.encode()) for k, v in headers.items()]],
+        )
+        # A free slot is taken without a trip through the event loop (the
+        # exchange that follows has awaits enough); otherwise wait in line.
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            return await self._get(request, path, read_timeout)
+        finally:
+            self._slots.release()
+
+    async def _get(self, request: h11.Request, path: str, read_timeout: float) -> _Answer:
+        for attempt in (0, 1):
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else None
+            try:
+                with anyio.fail_after(read_timeout):
+                    if conn is None:
+                        conn = await self._connect()
+                    answer, keep = await self._exchange(conn, request, path)
+            except TimeoutError:
+                await _discard(conn)
+                raise Unavailable(f"GET {path}: timed out after {read_timeout:g}s") from None
+            except BadAnswer:
+                await _discard(conn)
+                raise
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream,
+                    anyio.ClosedResourceError) as exc:  # fmt: skip
+                await _discard(conn)
+                if reused and attempt == 0 and isinstance(exc, _STALE):
+                    continue  # the agent closed an idle connection: once more, fresh
+                raise Unavailable(f"GET {path}: {_describe_os(exc)}") from None
+            except BaseException:
+                await _discard(conn)
+                raise
+            # Keep it for the next read when requests are waiting for a
+            # slot (mid-burst: no close-then-reopen churn, which the agent
+            # would briefly count twice), or when few are idle.
+            busy = self._slots.statistics().tasks_waiting > 0
+            if keep and not self._closed and (busy or len(self._idle) < self.max_idle):
+                self._idle.append(conn)
+            else:
+                await _discard(conn)
+            return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self, conn: _H11Connection, request: h11.Request, path: str
+    ) -> tuple[_Answer, bool]:
+        state = conn.h11
+        stream = conn.stream
+        await stream.send(state.send(request) + state.send(_END))
+        cap = self.max_body
+        response: h11.Response | None = None
+        chunks: list[bytes] = []
+        size = 0
+        received = 0
+        eof = False
+        while True:
+            try:
+                event = state.next_event()
+            except h11.RemoteProtocolError as exc:
+                if not eof:
+                    raise BadAnswer(f"GET {path}: not an HTTP/1.1 answer ({exc})") from None
+                if not received:
+                    raise anyio.EndOfStream from None  # closed before answering (idle?)
+                raise Unavailable(
+                    f"GET {path}: the agent closed the connection before the answer was complete"
+                ) from None
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(_RECEIVE)
+                except anyio.EndOfStream:
+                    data = b""
+                    eof = True
+                received += len(data)
+                state.receive_data(data)
+            elif type(event) is h11.Data:
+                size += len(event.data)
+                if size > cap:
+                    raise _over_cap(path, size, cap)
+                chunks.append(event.data)
+            elif type(event) is h11.Response:
+                response = event  # the body is capped as it arrives (64 KiB at a time)
+            elif type(event) is h11.EndOfMessage:
+                break
+            elif type(event) is h11.ConnectionClosed:  # pragma: no cover - h11 raises first
+                raise anyio.EndOfStream
+            # InformationalResponse (1xx): nothing to do
+        assert response is not None
+        keep = state.our_state is h11.DONE and state.their_state is h11.DONE
+        if keep:
+            state.start_next_cycle()
+        answer = _Answer(
+            response.status_code,
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in response.headers},
+            chunks[0] if len(chunks) == 1 else b"".join(chunks),
+            "HTTP/" + response.http_version.decode("ascii"),
+        )
+        return answer, keep
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _discard(conn)
+
+
+_END = h11.EndOfMessage()
+
+
 #: Errors that mean an idle keep-alive connection had been closed by the agent.
 _STALE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead, ConnectionError)
 
 
-async def _discard(conn: _Connection | None) -> None:
+async def _discard(conn: _Connection | _H11Connection | None) -> None:
     if conn is None:
         return
     # Closing a broken connection may fail too; it is gone either way.
@@ -469,6 +666,10 @@ def _describe_os(exc: BaseException) -> str:
 
 
 USER_AGENT = "consul-sync"
+#: Which HTTP client reads from Consul: ``legacy`` (the default: the own
+#: HTTP/1.1 client for http and unix, httpx for https) or ``h11`` (one
+#: stack, h11 over anyio streams, for every scheme; docs/consul-source.md).
+STACK_ENV = "CONSUL_SYNC_HTTP_STACK"
 
 
 class ConsulAPI:
@@ -486,18 +687,38 @@ class ConsulAPI:
         timeout: float = 10.0,
         http2: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        stack: str | None = None,
     ) -> None:
         self.base_url, uds = parse_address(address)
+        if stack is None:
+            stack = os.environ.get(STACK_ENV, "") or "legacy"
+        if stack not in ("legacy", "h11"):
+            raise ValueError(f"{STACK_ENV}: expected legacy or h11, got {stack!r}")
+        self.stack = stack
         self.tokens = tokens
         self.query = dict(query or {})
         self.timeout = timeout
         self.max_connections = max_connections
         https = self.base_url.startswith("https://")
         self.http2 = bool(http2 and https and _h2_available())
-        self._transport: _HTTPXTransport | _H1Transport
+        self._transport: _HTTPXTransport | _H1Transport | _H11Transport
         #: Path prefix of the address (an agent behind a proxy at /consul).
         self._prefix = ""
-        if https or transport is not None:
+        if stack == "h11" and transport is None:
+            # One stack for every scheme: h11 over anyio streams (HTTP/1.1 only).
+            self.http2 = False
+            url = httpx.URL(self.base_url)
+            self._prefix = url.raw_path.decode().rstrip("/")
+            self._transport = _H11Transport(
+                url.host or "localhost",
+                url.port or (443 if https else 80),
+                uds,
+                tls=ssl_context(tls) if https else None,
+                server_name=tls.server_name,
+                max_connections=max_connections,
+                max_body=max_body,
+            )
+        elif https or transport is not None:
             self._transport = _HTTPXTransport(
                 self.base_url,
                 transport=transport,
