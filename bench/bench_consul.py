@@ -30,8 +30,7 @@ removed afterwards; ``--old-ref ''`` measures the current client only.
 Old and new alternate within each round (``--rounds``); the best and the
 median round of each are printed (the machine may be shared).
 
-The current api.py holds both clients; the new one (h11 over anyio, one
-stack) is chosen with ``stack="h11"`` / ``CONSUL_SYNC_HTTP_STACK=h11``.
+The current api.py has one client (h11 over anyio, every scheme).
 ``--client new`` (default) runs the N-service bench with it in the source,
 ``--client old`` with ``--old-ref``'s api.py (same exception classes), for
 comparing the 10,000-service figures.
@@ -422,8 +421,6 @@ def main() -> None:
             args.old_ref, args.read_seconds, args.rounds, args.read_services, args.read_schemes
         )
     with contextlib.ExitStack() as stack:
-        if args.client == "new":
-            os.environ[api.STACK_ENV] = "h11"
         if args.client == "old" and args.services:
             old = stack.enter_context(old_api(args.old_ref or OLD_REF))
             assert old is not None
