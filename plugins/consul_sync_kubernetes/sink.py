@@ -324,6 +324,10 @@ class KubernetesSink:
         self._written: dict[ServiceKey, tuple[str, tuple[tuple[str, str], ...]]] = {}
         #: keys being written now: their watch events are ours, not repairs
         self._writing: set[ServiceKey] = set()
+        #: keys changed behind our back while being written (e.g. the garbage
+        #: collector deleting the slices of a Service we re-create): our
+        #: write was planned without that change, so they are planned again.
+        self._changed_while_writing: set[ServiceKey] = set()
         self._foreign_slices: set[str] = set()
         self._events_sent: dict[tuple[str, str], float] = {}
         self._conflicts_told: set[str] = set()
@@ -403,6 +407,9 @@ class KubernetesSink:
         finally:
             self._writing.discard(change.key)
             self._reindex(self._names_of.get(change.key, set()) | {self.names.name(change.key)})
+            if change.key in self._changed_while_writing:
+                self._changed_while_writing.discard(change.key)
+                self.context.mark_dirty([change.key])
 
     def render(self, services: Sequence[DesiredService]) -> list[dict[str, Any]]:
         objects, problems = r.render_named(
@@ -635,10 +642,14 @@ class KubernetesSink:
         return mapped or (self.namespace, k8s_name)
 
     def _services_changed(self, names: set[str]) -> None:
-        self._reindex(names, external=True)
+        assert self.services is not None
+        deleted = any(name not in self.services.store for name in names)
+        self._reindex(names, external=True, deleted=deleted)
 
     def _slices_changed(self, names: set[str]) -> None:
-        self._reindex(self._index_slices(names), external=True)
+        assert self.slices is not None
+        deleted = any(name not in self.slices.store for name in names)
+        self._reindex(self._index_slices(names), external=True, deleted=deleted)
 
     def _index_slices(self, names: Iterable[str]) -> set[str]:
         """Update which slices belong to which Service; returns the Services."""
@@ -657,8 +668,12 @@ class KubernetesSink:
                 services.add(owner)
         return services
 
-    def _reindex(self, names: Iterable[str], *, external: bool = False) -> None:
-        """Recompute the view for the keys of these Kubernetes Service names."""
+    def _reindex(
+        self, names: Iterable[str], *, external: bool = False, deleted: bool = False
+    ) -> None:
+        """Recompute the view for the keys of these Kubernetes Service names
+        (``deleted``: an object of theirs was deleted, which our own writes
+        of an update never do)."""
         store = self.services.store if self.services is not None else {}
         keys: set[ServiceKey] = set()
         for name in names:
@@ -690,7 +705,10 @@ class KubernetesSink:
                 self._view.pop(key, None)
             else:
                 self._view[key] = after
-            if external and self._watching and after != before and key not in self._writing:
+            if external and self._watching and after != before and key in self._writing:
+                if deleted:
+                    self._changed_while_writing.add(key)
+            elif external and self._watching and after != before:
                 accepted = self._accepted.get(key)
                 if after is None or accepted is None or after.service != accepted[0]:
                     self.context.mark_dirty([key])
