@@ -240,8 +240,9 @@ async def gather(calls: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> No
     after the API server made the object would be posted again by the
     retry, and answered 409)."""
     calls = list(calls)
-    if len(calls) == 1:
-        await calls[0]()
+    if len(calls) <= 1:
+        for call in calls:
+            await call()
         return
     failed: list[KubeError | SinkError] = []
 
@@ -415,7 +416,10 @@ class KubernetesSink:
             raise await self._sink_error(exc, change) from exc
         finally:
             self._writing.discard(change.key)
-            self._reindex(self._names_of.get(change.key, set()) | {self.names.name(change.key)})
+            self._reindex(
+                self._names_of.get(change.key, set()) | {self.names.name(change.key)},
+                also=(change.key,),
+            )
 
     def render(self, services: Sequence[DesiredService]) -> list[dict[str, Any]]:
         objects, problems = r.render_named(
@@ -670,10 +674,13 @@ class KubernetesSink:
                 services.add(owner)
         return services
 
-    def _reindex(self, names: Iterable[str], *, external: bool = False) -> None:
-        """Recompute the view for the keys of these Kubernetes Service names."""
+    def _reindex(
+        self, names: Iterable[str], *, external: bool = False, also: Iterable[ServiceKey] = ()
+    ) -> None:
+        """Recompute the view for the keys of these Kubernetes Service names
+        (and of the keys ``also``)."""
         store = self.services.store if self.services is not None else {}
-        keys: set[ServiceKey] = set()
+        keys: set[ServiceKey] = set(also)
         for name in names:
             old = self._key_of.pop(name, None)
             if old is not None:
@@ -697,6 +704,11 @@ class KubernetesSink:
             self._names_of.setdefault(key, set()).add(name)
             keys.add(key)
         for key in keys:
+            if external and key in self._writing:
+                # Our own write's watch event, most likely: apply() computes
+                # the key's view when its writes are done (not once per event
+                # meanwhile, half-written).
+                continue
             before = self._view.get(key)
             after = self._observed(key)
             if after is None:
