@@ -4,7 +4,9 @@
         [--concurrency 8[,16,32]] [--runs 3] [--changes 30]
         [--kubeconfig PATH --namespace NS]
 
-Against the API double (real HTTP on loopback, in this process) unless
+Against the API double (real HTTP on loopback, in a process of its own, as a
+real API server is: its request handling and watch streams do not compete
+with consul-sync for this process's interpreter lock) unless
 ``--kubeconfig`` names a real API server (then ``--namespace`` is written to
 and emptied of consul-sync's objects between runs).  For each concurrency,
 ``--runs`` times, in turn:
@@ -41,6 +43,8 @@ import kubernetes.client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.soak import Remote
+
 from consul_sync.cli import App, build_app
 from consul_sync.config import load_settings
 from consul_sync.metrics import Metrics
@@ -50,7 +54,6 @@ from consul_sync.registry import Context
 from consul_sync.testing import FakePlugin, FakeSource
 from consul_sync_kubernetes import render
 from consul_sync_kubernetes.client import WRITE_VERBS, KubeClient, Resource
-from tests.fakes.k8s_double import KubeDouble
 
 
 class Target:
@@ -63,16 +66,19 @@ class Target:
     def describe(self) -> str:
         if self.kubeconfig:
             return f"a real API server (kubeconfig {self.kubeconfig}, namespace {self.namespace})"
-        return "the API double (tests/fakes/k8s_double.py, loopback, same process)"
+        return "the API double (tests/fakes/k8s_double.py, loopback, a process of its own)"
 
     @contextmanager
     def client(self, concurrency: int) -> Iterator[KubeClient]:
         pool = concurrency + 4
         if not self.kubeconfig:
-            with KubeDouble() as kube:
-                client = KubeClient.for_url(kube.url, pool_size=pool)
+            kube = Remote("kube")  # a fresh, empty API server per use
+            client = KubeClient.for_url(kube.url, pool_size=pool)
+            try:
                 yield client
+            finally:
                 client.close()
+                kube.close()
             return
         client = KubeClient.from_environment(kubeconfig=self.kubeconfig, pool_size=pool)
         self._empty(client)

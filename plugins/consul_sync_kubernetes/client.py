@@ -228,8 +228,9 @@ def _error(
 
 class WatchStream:
     """One watch request: iterate to get its events (dicts with ``type`` and
-    ``object``) until the server ends it; :meth:`close` from any thread
-    stops the iteration."""
+    ``object``) until the server ends it, or :meth:`batches` to get them as
+    they arrived together; :meth:`close` from any thread stops the
+    iteration."""
 
     def __init__(self, response: Any, describe: Callable[[BaseException], KubeError]) -> None:
         self._response = response
@@ -237,16 +238,24 @@ class WatchStream:
         self._closed = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        """The events, a list per read from the socket: every event complete
+        in what one read returned (a burst of our own writes' events comes
+        as a few reads, so whoever hands them on does so once per read, not
+        once per event)."""
         buffer = b""
         try:
             for chunk in self._response.stream(None, decode_content=True):
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield json.loads(line)
+                batch = [json.loads(line) for line in lines if line.strip()]
+                if batch:
+                    yield batch
             if buffer.strip():
-                yield json.loads(buffer)
+                yield [json.loads(buffer)]
         except Exception as exc:
             if self._closed:
                 return

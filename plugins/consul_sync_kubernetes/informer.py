@@ -5,7 +5,12 @@ each informer reads it in a daemon thread of its own (not a worker thread
 of the limiter that bounds the sink's writes).  Everything the thread
 learns is handed to the event loop with ``anyio.from_thread.run_sync``:
 the store is only ever read and changed on the event loop, so the sink
-needs no locks.
+needs no locks.  Watch events go through a second thread, the
+dispatcher: the reader queues them and goes on reading; the dispatcher
+hands over everything queued in one call and waits for the loop.  A burst
+(the events of a cold start's 2,000 creates) thus costs the event loop a
+hand-off per burst it was busy through, not one per event; a lone event
+is handed over at once.
 
 * :meth:`Informer.relist` (event loop) lists afresh and replaces the store;
   the watch then restarts from the new list's resourceVersion.  Events of
@@ -84,6 +89,10 @@ class Informer:
         self._stream: WatchStream | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: (generation, events) read and not yet handed to the event loop
+        self._queued: list[tuple[int, list[dict[str, Any]]]] = []
+        self._ready = threading.Condition(threading.Lock())
+        self._dispatcher: threading.Thread | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
 
     def __repr__(self) -> str:
@@ -118,26 +127,37 @@ class Informer:
         if changed:
             self.on_change(changed)
 
-    def _event(self, generation: int, kind: str, obj: dict[str, Any]) -> None:
+    def _events(self, queued: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        """Watch events, in the order read; one ``on_change`` for them all."""
+        changed: set[str] = set()
+        for generation, events in queued:
+            for event in events:
+                name = self._event(generation, event.get("type", ""), event.get("object") or {})
+                if name is not None:
+                    changed.add(name)
+        if changed:
+            self.on_change(changed)
+
+    def _event(self, generation: int, kind: str, obj: dict[str, Any]) -> str | None:
+        """Record one event; the name of the object it changed, if any."""
         with self._lock:
             if generation != self._generation:
-                return  # from a watch begun before the latest list
-            self._resource_version = _rv(obj) or self._resource_version
+                return None  # from a watch begun before the latest list
         if kind == "BOOKMARK":
-            return
-        name = (obj.get("metadata") or {}).get("name", "")
+            return None
+        name: str = (obj.get("metadata") or {}).get("name", "")
         current = self.store.get(name)
         if kind == "DELETED":
             if current is None or _uid(current) != _uid(obj):
-                return  # already gone, or a newer object of the same name
+                return None  # already gone, or a newer object of the same name
             del self.store[name]
         else:
             if current is not None and not newer_or_same(_rv(obj), _rv(current)):
-                return
+                return None
             if current is not None and _rv(current) == _rv(obj):
-                return
+                return None
             self.store[name] = obj
-        self.on_change({name})
+        return name
 
     def put(self, obj: dict[str, Any]) -> None:
         """Record an object as a write answered it (event loop)."""
@@ -158,9 +178,13 @@ class Informer:
             return
         self._token = anyio.lowlevel.current_token()
         self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch-{self.resource.plural}-{self.namespace}", daemon=True
-        )
+        where = f"{self.resource.plural}-{self.namespace}"
+        self._thread = threading.Thread(target=self._run, name=f"watch-{where}", daemon=True)
+        if self._dispatcher is None or not self._dispatcher.is_alive():
+            self._dispatcher = threading.Thread(
+                target=self._dispatch, name=f"watch-events-{where}", daemon=True
+            )
+            self._dispatcher.start()
         self._thread.start()
 
     @property
@@ -170,6 +194,8 @@ class Informer:
     def stop(self) -> None:
         """Ask the thread to stop (any thread); see :meth:`join`."""
         self._stopping.set()
+        with self._ready:
+            self._ready.notify_all()
         with self._lock:
             stream, self._stream = self._stream, None
         if stream is not None:
@@ -177,14 +203,43 @@ class Informer:
 
     async def join(self) -> None:
         """Wait (up to 5 seconds) for the thread to end after :meth:`stop`."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            await anyio.to_thread.run_sync(thread.join, 5.0, abandon_on_cancel=True)
+        for thread in (self._thread, self._dispatcher):
+            if thread is not None:
+                await anyio.to_thread.run_sync(thread.join, 5.0, abandon_on_cancel=True)
+        self._thread = self._dispatcher = None
 
     # --- the thread ---------------------------------------------------------
 
     def _to_loop(self, func: Callable[..., None], *args: Any) -> None:
         anyio.from_thread.run_sync(func, *args, token=self._token)
+
+    def _queue(self, generation: int, events: list[dict[str, Any]]) -> None:
+        """Queue events for the dispatcher (the reading thread never waits
+        for the event loop); the next watch starts after them."""
+        resource_version = _rv(events[-1].get("object") or {})
+        with self._lock:
+            if generation == self._generation and resource_version:
+                self._resource_version = resource_version
+        with self._ready:
+            self._queued.append((generation, events))
+            self._ready.notify()
+
+    def _dispatch(self) -> None:
+        """The dispatcher thread: everything queued, in one hand-off."""
+        while True:
+            with self._ready:
+                while not self._queued and not self._stopping.is_set():
+                    self._ready.wait()
+                if self._stopping.is_set():
+                    self._queued.clear()
+                    return
+                queued, self._queued = self._queued, []
+            try:
+                self._to_loop(self._events, queued)
+            except Exception as exc:  # the event loop is gone, or a bug
+                if not self._stopping.is_set():
+                    log.debug("%r: watch event dispatcher ends: %r", self, exc)
+                return
 
     def _run(self) -> None:
         failures = 0
@@ -235,20 +290,21 @@ class Informer:
                 stream.close()
                 return
             self._stream = stream
-        for event in stream:
-            kind = event.get("type", "")
-            obj = event.get("object") or {}
-            if kind == "ERROR":
-                code = int(obj.get("code") or 0)
-                raise KubeError(
-                    code,
-                    str(obj.get("message") or "watch error"),
-                    reason=str(obj.get("reason") or ""),
-                    verb="watch",
-                    resource=self.resource,
-                    namespace=self.namespace,
-                )
-            self._to_loop(self._event, generation, kind, obj)
+        for batch in stream.batches():
+            for i, event in enumerate(batch):
+                if event.get("type", "") == "ERROR":
+                    if i:
+                        self._queue(generation, batch[:i])
+                    obj = event.get("object") or {}
+                    raise KubeError(
+                        int(obj.get("code") or 0),
+                        str(obj.get("message") or "watch error"),
+                        reason=str(obj.get("reason") or ""),
+                        verb="watch",
+                        resource=self.resource,
+                        namespace=self.namespace,
+                    )
+            self._queue(generation, batch)
 
 
 def _uid(obj: dict[str, Any]) -> str:

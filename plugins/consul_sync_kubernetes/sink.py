@@ -235,20 +235,34 @@ _FORBIDDEN = re.compile(
 async def gather(calls: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
     """Run ``calls`` concurrently; the first :class:`KubeError` or
     :class:`SinkError` among their failures is raised as itself (not in an
-    exception group)."""
+    exception group), once all of them have ended: a write that fails does
+    not cancel its siblings, whose answers are stored (a create cancelled
+    after the API server made the object would be posted again by the
+    retry, and answered 409)."""
     calls = list(calls)
-    if len(calls) == 1:
-        await calls[0]()
+    if len(calls) <= 1:
+        for call in calls:
+            await call()
         return
+    failed: list[KubeError | SinkError] = []
+
+    async def run(call: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await call()
+        except (KubeError, SinkError) as exc:
+            failed.append(exc)
+
     try:
         async with anyio.create_task_group() as tg:
             for call in calls:
-                tg.start_soon(call)
+                tg.start_soon(run, call)
     except BaseExceptionGroup as group:
         found = _first(group)
         if found is not None:
             raise found from None
         raise
+    if failed:
+        raise failed[0]
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> KubeError | SinkError | None:
@@ -406,7 +420,10 @@ class KubernetesSink:
             raise await self._sink_error(exc, change) from exc
         finally:
             self._writing.discard(change.key)
-            self._reindex(self._names_of.get(change.key, set()) | {self.names.name(change.key)})
+            self._reindex(
+                self._names_of.get(change.key, set()) | {self.names.name(change.key)},
+                also=(change.key,),
+            )
             if change.key in self._changed_while_writing:
                 self._changed_while_writing.discard(change.key)
                 self.context.mark_dirty([change.key])
@@ -669,13 +686,18 @@ class KubernetesSink:
         return services
 
     def _reindex(
-        self, names: Iterable[str], *, external: bool = False, deleted: bool = False
+        self,
+        names: Iterable[str],
+        *,
+        external: bool = False,
+        deleted: bool = False,
+        also: Iterable[ServiceKey] = (),
     ) -> None:
         """Recompute the view for the keys of these Kubernetes Service names
-        (``deleted``: an object of theirs was deleted, which our own writes
-        of an update never do)."""
+        (and of the keys ``also``; ``deleted``: an object of theirs was
+        deleted, which our own writes of an update never do)."""
         store = self.services.store if self.services is not None else {}
-        keys: set[ServiceKey] = set()
+        keys: set[ServiceKey] = set(also)
         for name in names:
             old = self._key_of.pop(name, None)
             if old is not None:
@@ -699,16 +721,21 @@ class KubernetesSink:
             self._names_of.setdefault(key, set()).add(name)
             keys.add(key)
         for key in keys:
+            if external and key in self._writing:
+                # Our own write's watch event, most likely: apply() computes
+                # the key's view when its writes are done (not once per event
+                # meanwhile, half-written).  A deletion is not ours (an
+                # update's writes never delete): plan the key again after.
+                if deleted:
+                    self._changed_while_writing.add(key)
+                continue
             before = self._view.get(key)
             after = self._observed(key)
             if after is None:
                 self._view.pop(key, None)
             else:
                 self._view[key] = after
-            if external and self._watching and after != before and key in self._writing:
-                if deleted:
-                    self._changed_while_writing.add(key)
-            elif external and self._watching and after != before:
+            if external and self._watching and after != before:
                 accepted = self._accepted.get(key)
                 if after is None or accepted is None or after.service != accepted[0]:
                     self.context.mark_dirty([key])
@@ -937,6 +964,41 @@ class KubernetesSink:
         if resource is Resource.ENDPOINTSLICES:
             self._index_slices({result["metadata"]["name"]})
 
+    async def _create_with_slice(self, service: dict[str, Any], slice_obj: dict[str, Any]) -> None:
+        """POST a new Service and then, in the same worker thread, its first
+        slice, owned by the uid the Service's answer names: one hand-off to
+        a worker thread and back instead of two, and the thread's next write
+        follows the first one's answer at once, as a plain client's would.
+        Each POST is what :meth:`_apply_object` sends with ``create``; a
+        failure is raised (after storing the Service if it was made), as
+        :meth:`_apply_object`'s would be."""
+        assert self.client is not None and self.services is not None and self.slices is not None
+        client, k8s_name = self.client, service["metadata"]["name"]
+
+        def run() -> tuple[list[dict[str, Any]], KubeError | None]:
+            made: list[dict[str, Any]] = []
+            try:
+                made.append(client.create(Resource.SERVICES, service, field_manager=FIELD_MANAGER))
+                uid = _uid(made[0])
+                slice_obj["metadata"]["ownerReferences"] = [r.owner_reference(k8s_name, uid)]
+                made.append(
+                    client.create(Resource.ENDPOINTSLICES, slice_obj, field_manager=FIELD_MANAGER)
+                )
+            except KubeError as exc:
+                return made, exc
+            return made, None
+
+        made, error = await self._call(run)
+        if made:
+            self.services.put(made[0])
+        if len(made) > 1:
+            self.slices.put(made[1])
+            self._index_slices({made[1]["metadata"]["name"]})
+        if error is not None:
+            if error.status != 409:
+                self._count_error(error)
+            raise error
+
     async def _delete_object(self, resource: Resource, obj: Mapping[str, Any]) -> None:
         assert self.client is not None
         client, name, uid = self.client, _meta(obj)["name"], _uid(obj)
@@ -987,7 +1049,18 @@ class KubernetesSink:
         for problem in rendered.problems:
             self.metrics.skipped.labels(sink=self.name, what="endpoint").inc()
             log.warning("sink %s: %s", self.name, problem, extra={"sink": self.name})
-        if r.differs(rendered.service, live):
+        # A new Service goes with its first new slice (the usual new key:
+        # one of each) in one worker-thread call.
+        chained = None
+        if live is None:
+            chained = next(
+                (s for s in rendered.slices if s["metadata"]["name"] not in self.slices.store),
+                None,
+            )
+        if chained is not None:
+            await self._create_with_slice(rendered.service, chained)
+            live = self.services.store[k8s_name]
+        elif r.differs(rendered.service, live):
             await self._apply_object(
                 Resource.SERVICES, rendered.service, force=True, create=live is None
             )
@@ -998,6 +1071,8 @@ class KubernetesSink:
         writes = []
         for obj in rendered.slices:
             obj["metadata"]["ownerReferences"] = [reference]
+            if obj is chained:
+                continue  # written with the Service
             current = self.slices.store.get(obj["metadata"]["name"])
             if r.differs(obj, current):
                 writes.append((obj, current is not None))
