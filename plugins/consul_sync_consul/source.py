@@ -567,8 +567,11 @@ class ConsulSource:
         if diff.removed and diff.to_read:
             self._holding |= set(diff.to_read)
             self._holding_until = anyio.current_time() + float(self.config.timeout)
-        if full and recovery and not first:
-            self._recover("catalog", self.state.tagged)
+        if full and (recovery or (first and self._loaded.is_set())):
+            # Back after an error (also the very first answer, if Consul was
+            # down at start and a first, incomplete snapshot went out): the
+            # snapshot is complete only once every tagged service is read.
+            self._recover("catalog", self.state.tagged, urgent=first)
         elif full:
             self._sweep(self.state.tagged, urgent=first)
         elif not diff.body_changed and new != old and old > 0:

@@ -150,11 +150,19 @@ async def test_consul_down_at_start(double_options: dict[str, Any]) -> None:
             errors = await errors_in_an_idle_second(metrics)
             assert 1 <= errors <= MAX_ERRORS_PER_IDLE_SECOND, errors  # retrying, backing off
             assert sink.writes == []  # nothing deleted, nothing written on no knowledge
+            # it comes back loaded: its reads of each service are slow, so the
+            # catalog and the health watch answer long before them
+            slow = consul.inject_fault(
+                "delay", path_prefix="/v1/health/service/", seconds=0.3, times=None
+            )
             consul.start()
             await until(
                 lambda: addresses(sink) == {n: {a} for n, a in SERVICES.items()},
                 "the sink to hold Consul's services",
             )
+            assert slow.hits >= len(SERVICES)
+            consul.clear_faults()
+            await anyio.sleep(1.0)  # slow reads still on their way settle
             assert source_complete(runtime)
             await until(lambda: runtime.readiness()[0], "ready")
             # the object Consul does not know is pruned only now, with full knowledge
