@@ -364,8 +364,12 @@ class Runtime:
                 else:
                     await anyio.lowlevel.checkpoint()  # what the same moment brings goes too
             self._wake = anyio.Event()
-            await self._guarded_pass()
-            self._last_pass_end = self.clock()
+            result = await self._guarded_pass()
+            if result is not None and any(p.changes for p in result.plans.values()):
+                # Only a pass that wrote opens the window: one that found
+                # nothing to do (a source re-publishing what it had) must
+                # not delay the change right behind it.
+                self._last_pass_end = self.clock()
 
     async def _guarded_pass(self) -> PassResult | None:
         # A pass runs shielded so that a stop lets in-flight writes finish;

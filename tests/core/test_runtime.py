@@ -123,6 +123,26 @@ async def test_a_change_after_a_quiet_period_does_not_wait_for_the_window() -> N
         app.runtime.stop()
 
 
+async def test_a_pass_that_wrote_nothing_does_not_delay_the_next_change() -> None:
+    app = fake_app(coalesce_window="30s")
+    src, dst = source(app), sink(app)
+    same = service("same", "10.1.0.9")
+    src.services = {same.key: same}
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await until(lambda: app.runtime.readiness()[0])
+        app.runtime._last_pass_end = -1e9  # long quiet since the first pass
+        passes, writes = app.runtime.passes, dst.count()
+        # a source re-publishes a service as it was: a pass, nothing to write
+        await src.push(upsert=[same])
+        await until(lambda: app.runtime.passes > passes, timeout=10)
+        assert dst.count() == writes
+        # the real change right behind it goes at once, not after 30 s
+        await src.push(upsert=[service("lone", "10.1.0.1")])
+        await until(lambda: dst.count() == writes + 1, timeout=10)
+        app.runtime.stop()
+
+
 async def test_incomplete_snapshot_deletes_nothing() -> None:
     app = fake_app()
     src, dst = source(app), sink(app)
