@@ -67,13 +67,13 @@ class SinkState:
     rejected: dict[ServiceKey, tuple[DesiredService | None, str]] = attrs.field(factory=dict)
     failing: dict[ServiceKey, str] = attrs.field(factory=dict)
     conflicts: frozenset[ServiceKey] = frozenset()
-    guard: str | None = None
     withheld: frozenset[ServiceKey] = frozenset()
     #: Deletes the prune budget holds back until its window rolls.
     held: frozenset[ServiceKey] = frozenset()
     #: The window rolled: held deletes go in part, up to the new budget.
     releasing: bool = False
-    budget: PruneBudget = attrs.field(factory=lambda: PruneBudget(0.5, 600.0))
+    #: The sink's prune budget (from MAX_PRUNE_FRACTION and PRUNE_WINDOW).
+    budget: PruneBudget = attrs.field(kw_only=True)
     error: str | None = None
     #: When the current episode of failing writes began, and how many
     #: failed writes it has seen (one log line per episode, one summary).
@@ -567,7 +567,6 @@ class Runtime:
         elif held - state.held:
             log.debug("sink %s: %d more deletes held", name, len(held - state.held))
         state.held = held
-        state.guard = self._held_note(state) if held else None
         for key in sorted(new):
             log.warning(
                 "sink %s: %s/%s exists but is not ours (no consul-sync ownership); "

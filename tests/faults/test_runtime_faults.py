@@ -26,6 +26,12 @@ pytestmark = pytest.mark.anyio
 KEY = ("network", "flaky")
 
 
+def failed_creates(app) -> float:  # type: ignore[no-untyped-def]
+    return metric(
+        app, "consul_sync_sink_changes_total", sink="sink", action="create", status="error"
+    )
+
+
 async def idle_passes(app, seconds: float = 1.0) -> int:  # type: ignore[no-untyped-def]
     """Reconciler passes while nothing happens (resync is far away)."""
     before = app.runtime.passes
@@ -49,18 +55,7 @@ async def test_a_retry_ends_when_its_key_has_nothing_left_to_do(trigger: str) ->
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
         await until(lambda: ("network", "ok") in dst.owned())
-        await until(
-            lambda: (
-                metric(
-                    app,
-                    "consul_sync_sink_changes_total",
-                    sink="sink",
-                    action="create",
-                    status="error",
-                )
-                >= 2
-            )
-        )
+        await until(lambda: failed_creates(app) >= 2)
         if trigger == "gone-from-source":
             await src.push(remove=[KEY])  # deregistered while the API was down
         elif trigger == "now-a-conflict":
@@ -289,18 +284,7 @@ async def test_an_outage_logs_one_line_and_a_summary(caplog) -> None:
     with caplog.at_level("DEBUG", logger="consul_sync.runtime"):
         async with anyio.create_task_group() as tg:
             await tg.start(app.runtime.run)
-            await until(
-                lambda: (
-                    metric(
-                        app,
-                        "consul_sync_sink_changes_total",
-                        sink="sink",
-                        action="create",
-                        status="error",
-                    )
-                    >= 15
-                )
-            )
+            await until(lambda: failed_creates(app) >= 15)
             dst.failures.clear()
             await until(lambda: len(dst.owned()) == 5)
             app.runtime.stop()
