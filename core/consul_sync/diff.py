@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from .model import Change, DesiredService, Endpoint, Port
+from .plan import as_held_by
 
 
 class Op(enum.StrEnum):
@@ -92,6 +93,8 @@ def diff_services(old: DesiredService | None, new: DesiredService | None) -> lis
     (``None``: gone), in a stable order: ports, endpoints, labels,
     annotations, tags, meta, sources."""
     out: list[FieldChange] = []
+    if old and new:
+        new = as_held_by(old, new)  # as the planner compares
     old_ports = {p.name: p for p in old.ports} if old else {}
     new_ports = {p.name: p for p in new.ports} if new else {}
     out += _keyed("ports", old_ports, new_ports, port_data, _PORT_FIELDS)
@@ -104,11 +107,8 @@ def diff_services(old: DesiredService | None, new: DesiredService | None) -> lis
     out += _keyed("endpoints", old_eps, new_eps, endpoint_data, _ENDPOINT_FIELDS)
     for name in ("labels", "annotations"):
         out += _pairs(name, getattr(old, name, ()), getattr(new, name, ()))
-    # As the planner compares: a sink that reads no tags or meta back (the
-    # kubernetes and manifests sinks) does not hold them, so they do not differ.
-    if not (old and new and not old.tags and not old.meta):
-        out += _members("tags", old.tags if old else (), new.tags if new else ())
-        out += _pairs("meta", old.meta if old else (), new.meta if new else ())
+    out += _members("tags", old.tags if old else (), new.tags if new else ())
+    out += _pairs("meta", old.meta if old else (), new.meta if new else ())
     out += _members("sources", old.sources if old else (), new.sources if new else ())
     return out
 

@@ -254,7 +254,12 @@ def plan(
 
 
 def _differs(have: DesiredService | None, want: DesiredService) -> bool:
-    """Whether the sink's reading ``have`` differs from ``want``.
+    """Whether the sink's reading ``have`` differs from ``want``."""
+    return have is None or have != as_held_by(have, want)
+
+
+def as_held_by(have: DesiredService, want: DesiredService) -> DesiredService:
+    """``want`` as a sink whose reading is ``have`` can hold it.
 
     ``tags`` and ``meta`` are compared only when the sink reads them back
     (its reading carries some): a sink whose objects do not depend on them
@@ -263,11 +268,9 @@ def _differs(have: DesiredService | None, want: DesiredService) -> bool:
     (the gateway sink) reports the desired service it satisfies, tags and
     all.
     """
-    if have is None:
-        return True
     if not have.tags and not have.meta and (want.tags or want.meta):
-        want = attrs.evolve(want, tags=(), meta=())
-    return have != want
+        return attrs.evolve(want, tags=(), meta=())
+    return want
 
 
 def owned_count(observed: Mapping[ServiceKey, Observed]) -> int:
