@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import signal
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ import attrs
 import pluggy
 from anyio.abc import TaskStatus
 
+from . import backoff
 from .config import Settings
 from .errors import SinkError
 from .metrics import Metrics
@@ -48,6 +48,8 @@ log = logging.getLogger("consul_sync.runtime")
 #: A pass with more changes than this logs each applied change at debug and
 #: one summary line at info (a cold start: "first pass: 1000 created ...").
 SUMMARY_OVER = 20
+#: A source that stopped with an error restarts after 2 s, doubling up to a minute.
+SOURCE_RESTART_BASE, SOURCE_RESTART_MAX = 2.0, 60.0
 
 
 @attrs.define
@@ -734,10 +736,7 @@ class Runtime:
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: RETRY_BASE doubling up to RETRY_MAX."""
-        delay = min(
-            float(self.settings.retry_max), self.settings.retry_base * 2.0 ** (attempts - 1)
-        )
-        return delay * random.uniform(0.5, 1.0)
+        return backoff.delay(attempts, self.settings.retry_base, float(self.settings.retry_max))
 
     def _update_gauges(self) -> None:
         troubled: set[ServiceKey] = set()
@@ -769,7 +768,7 @@ class Runtime:
                 if previous is not None and previous.complete:
                     self.accept(attrs.evolve(previous, complete=False, changed=frozenset()))
                 attempt = 0 if self.clock() - started > 60 else attempt + 1
-                delay = min(60.0, 2.0**attempt) * random.uniform(0.5, 1.0)
+                delay = backoff.delay(attempt, SOURCE_RESTART_BASE, SOURCE_RESTART_MAX)
                 log.error(
                     "source %s stopped with an error, restarting in %.1fs: %s",
                     source.name,

@@ -336,7 +336,7 @@ async def test_a_crashing_source_is_restarted_and_marked_incomplete(monkeypatch)
         await original(publish)
 
     monkeypatch.setattr(src, "run", flaky)
-    monkeypatch.setattr("consul_sync.runtime.random.uniform", lambda a, b: 0.01)
+    monkeypatch.setattr("consul_sync.backoff.random.uniform", lambda a, b: 0.01)
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
         await until(lambda: len(calls) == 2)
