@@ -17,6 +17,13 @@ plans every key.
 
 Readiness: after every source has delivered a complete snapshot and the
 first full pass that followed has finished.
+
+Why this module is long (~750 lines): it is one state machine — the snapshots,
+the desired services, the dirty keys and the wake-up event are shared by
+intake (``accept``), the passes (``reconcile``) and the tasks (``run``), and
+splitting them would pass that state around rather than simplify it.  What a
+sink's books mean (retries, failures, held deletes) lives in
+``consul_sync.sinkstate``; planning is ``consul_sync.plan``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from .metrics import Metrics
 from .model import Action, Change, DesiredService, Observed, ServiceKey, Sink, Snapshot, Source
 from .plan import Plan, PruneBudget, merge, owned_count, plan
 from .plugins import transform
+from .sinkstate import SinkState
 
 log = logging.getLogger("consul_sync.runtime")
 
@@ -50,39 +58,6 @@ log = logging.getLogger("consul_sync.runtime")
 SUMMARY_OVER = 20
 #: A source that stopped with an error restarts after 2 s, doubling up to a minute.
 SOURCE_RESTART_BASE, SOURCE_RESTART_MAX = 2.0, 60.0
-
-
-@attrs.define
-class _Retry:
-    attempts: int = 0
-    due: float = 0.0
-
-
-@attrs.define
-class SinkState:
-    sink: Sink
-    limiter: anyio.CapacityLimiter
-    view: Mapping[ServiceKey, Observed] | None = None
-    retries: dict[ServiceKey, _Retry] = attrs.field(factory=dict)
-    #: key -> (desired service that was rejected, message): not retried
-    #: until the desired service changes.
-    rejected: dict[ServiceKey, tuple[DesiredService | None, str]] = attrs.field(factory=dict)
-    failing: dict[ServiceKey, str] = attrs.field(factory=dict)
-    conflicts: frozenset[ServiceKey] = frozenset()
-    withheld: frozenset[ServiceKey] = frozenset()
-    #: Deletes the prune budget holds back until its window rolls.
-    held: frozenset[ServiceKey] = frozenset()
-    #: The window rolled: held deletes go in part, up to the new budget.
-    releasing: bool = False
-    #: The sink's prune budget (from MAX_PRUNE_FRACTION and PRUNE_WINDOW).
-    budget: PruneBudget = attrs.field(kw_only=True)
-    error: str | None = None
-    #: When the current episode of failing writes began, and how many
-    #: failed writes it has seen (one log line per episode, one summary).
-    failing_since: float | None = None
-    failed_writes: int = 0
-    #: Whether this episode was logged here (not only by the sink).
-    told: bool = False
 
 
 @attrs.define
@@ -265,7 +240,10 @@ class Runtime:
         notes = []
         for name, state in self.states.items():
             if state.held:
-                notes.append(f"sink {name}: {self._held_note(state)}")
+                notes.append(
+                    f"sink {name}: "
+                    + state.held_note(self.clock(), self.settings.max_prune_fraction)
+                )
             if state.error:
                 notes.append(f"sink {name}: {state.error}")
             # A sink may say something that does not make it unready (the
@@ -325,27 +303,18 @@ class Runtime:
     # --- the reconciler -----------------------------------------------------
 
     def _next_retry(self) -> float | None:
-        dues = [r.due for st in self.states.values() for r in st.retries.values()]
-        dues += [
-            due
-            for st in self.states.values()
-            if st.held and (due := st.budget.rolls_at()) is not None
-        ]
+        dues = [due for st in self.states.values() if (due := st.next_due()) is not None]
         return min(dues) if dues else None
 
     def _release_rolled_windows(self) -> None:
         """Held deletes whose prune window rolled are planned again."""
         now = self.clock()
         for state in self.states.values():
-            due = state.budget.rolls_at()
-            if state.held and due is not None and due <= now:
-                state.budget.opened = None  # the next delete opens a new window
-                state.releasing = True
-                self.mark_dirty(state.held)
+            self.mark_dirty(state.roll_window(now))
 
     def _take_due_retries(self) -> set[ServiceKey]:
         now = self.clock()
-        return {key for st in self.states.values() for key, r in st.retries.items() if r.due <= now}
+        return {key for state in self.states.values() for key in state.due_keys(now)}
 
     async def _reconcile_loop(self) -> None:
         while not self._stopping:
@@ -522,64 +491,19 @@ class Runtime:
         return the_plan
 
     def _forget(self, state: SinkState, keys: Iterable[ServiceKey]) -> None:
-        for key in keys:
-            state.retries.pop(key, None)
-            state.failing.pop(key, None)
-            state.rejected.pop(key, None)
-        self._recovered(state)
+        state.forget(keys, self.clock())
 
     def _postpone(self, state: SinkState, keys: set[ServiceKey] | None) -> None:
-        """The sink could not be read: its due retries, and the keys of this
-        pass, wait for the next attempt with backoff (not at once again)."""
-        now = self.clock()
-        for key in keys or ():
-            state.retries.setdefault(key, _Retry(due=now))
-        for retry in state.retries.values():
-            if retry.due <= now:
-                retry.attempts += 1
-                retry.due = now + self._backoff(retry.attempts)
-
-    def _held_note(self, state: SinkState) -> str:
-        due = state.budget.rolls_at()
-        when = f"in {max(0.0, due - self.clock()):.0f}s" if due is not None else "at the next pass"
-        return (
-            f"prune guard: {len(state.held)} deletes held (this window's budget of "
-            f"MAX_PRUNE_FRACTION {self.settings.max_prune_fraction:g} is spent; they go when "
-            f"the window rolls, {when}, or at once with "
-            "`consul-sync run --once --release-held-deletes`)"
-        )
+        state.postpone(keys or (), self.clock(), self._backoff)
 
     def _report(self, state: SinkState, the_plan: Plan, scope: set[ServiceKey] | None) -> None:
-        name = state.sink.name
-        new = set(the_plan.conflicts) - state.conflicts
-        # A full pass replaces what we knew; an incremental one replaces its scope.
-        carried_conflicts = set() if scope is None else state.conflicts - scope
-        carried_withheld = set() if scope is None else state.withheld - scope
-        carried_held = set() if scope is None else state.held - scope
-        state.conflicts = frozenset(carried_conflicts | set(the_plan.conflicts))
-        state.withheld = frozenset(carried_withheld | set(the_plan.withheld))
-        held = frozenset(carried_held | set(the_plan.held))
-        if held and not state.held:
-            # One report per episode, not per pass (a trickle would repeat it).
-            self.metrics.prune_guard_trips.labels(sink=name).inc()
-            state.held = held
-            log.error("sink %s: %s", name, self._held_note(state), extra={"sink": name})
-        elif state.held and not held:
-            log.info("sink %s: no deletes are held any more", name, extra={"sink": name})
-        elif held - state.held:
-            log.debug("sink %s: %d more deletes held", name, len(held - state.held))
-        state.held = held
-        for key in sorted(new):
-            log.warning(
-                "sink %s: %s/%s exists but is not ours (no consul-sync ownership); "
-                "leaving it alone",
-                name,
-                *key,
-                extra={"sink": name},
-            )
-        self.metrics.conflicts.labels(sink=name).set(len(state.conflicts))
-        self.metrics.prune_withheld.labels(sink=name).set(len(state.withheld))
-        self.metrics.prune_held.labels(sink=name).set(len(state.held))
+        state.report(
+            the_plan,
+            scope,
+            metrics=self.metrics,
+            now=self.clock(),
+            fraction=self.settings.max_prune_fraction,
+        )
 
     async def _apply(
         self, state: SinkState, the_plan: Plan, dirty_times: Mapping[ServiceKey, float]
@@ -614,10 +538,7 @@ class Runtime:
                     self._failed(state, change, repr(exc), True, None)
                     failed[change.key] = repr(exc)
                     return
-            state.retries.pop(change.key, None)
-            state.rejected.pop(change.key, None)
-            state.failing.pop(change.key, None)
-            self._recovered(state)
+            state.succeeded(change.key, self.clock())
             self.metrics.applies.labels(
                 sink=sink.name, action=change.action.value, status="success"
             ).inc()
@@ -676,63 +597,18 @@ class Runtime:
         retry_after: float | None,
         reported: bool = False,
     ) -> None:
-        name = state.sink.name
-        self.metrics.applies.labels(sink=name, action=change.action.value, status="error").inc()
-        state.failing[change.key] = message
-        if not retryable:
-            state.rejected[change.key] = (change.desired, message)
-            state.retries.pop(change.key, None)
-            log.error(
-                "sink %s: %s %s/%s rejected, not retrying until it changes: %s",
-                name,
-                change.action,
-                *change.key,
-                message,
-                extra={"sink": name, "service": change.key[1]},
-            )
-            return
-        retry = state.retries.setdefault(change.key, _Retry())
-        retry.attempts += 1
-        delay = self._backoff(retry.attempts)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        retry.due = self.clock() + delay
-        state.failed_writes += 1
-        # One line per outage, not per write and attempt: the first failure
-        # says what happened, the rest go to debug, the recovery sums up.
-        if state.failing_since is None:
-            state.failing_since = self.clock()
-            state.told = False
-        # What the sink has reported itself (an API outage) is not told twice.
-        first = not state.told and not reported
-        state.told = state.told or first
-        (log.warning if first else log.debug)(
-            "sink %s: %s %s/%s failed (attempt %d), retrying in %.1fs: %s%s",
-            name,
-            change.action,
-            *change.key,
-            retry.attempts,
-            delay,
+        self.metrics.applies.labels(
+            sink=state.name, action=change.action.value, status="error"
+        ).inc()
+        state.failed(
+            change,
             message,
-            "; further failures until it recovers are logged at debug level" if first else "",
-            extra={"sink": name, "service": change.key[1]},
+            retryable=retryable,
+            retry_after=retry_after,
+            reported=reported,
+            now=self.clock(),
+            delay=self._backoff,
         )
-
-    def _recovered(self, state: SinkState) -> None:
-        """Once no write of the sink is failing any more: the summary line."""
-        if state.failing_since is None or any(key in state.retries for key in state.failing):
-            return
-        if not state.told:  # the sink told it, and sums it up itself
-            state.failing_since, state.failed_writes = None, 0
-            return
-        log.info(
-            "sink %s: writes succeed again after %.1fs; %d failed writes were retried",
-            state.sink.name,
-            self.clock() - state.failing_since,
-            state.failed_writes,
-            extra={"sink": state.sink.name},
-        )
-        state.failing_since, state.failed_writes = None, 0
 
     def _backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: RETRY_BASE doubling up to RETRY_MAX."""
