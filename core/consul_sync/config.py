@@ -27,216 +27,55 @@ import enum
 import os
 import re
 import tomllib
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
-from cattrs.errors import (
-    AttributeValidationNote,
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    IterableValidationError,
-    IterableValidationNote,
-)
 
 from . import checks
 from .errors import ConfigError
 from .plan import DEFAULT_MAX_PRUNE_FRACTION, Policy
 from .registry import TypeRegistry
+from .structure import Provenance, class_problem, structure
+from .values import (
+    Duration,
+    FieldProblem,
+    FieldProblems,
+    ValueProblem,
+    format_duration,
+    make_converter,
+    parse_bool,
+    parse_duration,
+    secret,
+    setting,
+)
 
-# --- value types -------------------------------------------------------------
-
-
-class Duration(float):
-    """Seconds, written in Go's duration syntax (``30s``, ``5m``, ``1h30m``,
-    ``250ms``) or as a plain number of seconds."""
-
-    def __repr__(self) -> str:
-        return format_duration(self)
-
-
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
-class ValueProblem(ValueError):
-    """A value of the right type but wrong form; its text is shown as is."""
-
-
-class FieldProblem(ValueProblem):
-    """A problem with the value of one field (or of several, ``fields``).
-
-    Raised by a Config class's ``__attrs_post_init__`` (or returned by a
-    registered config check): the loader names the field as the operator
-    set it -- the environment variable, or the key path in the file -- and
-    adds the value given when the message does not show it.
-    """
-
-    def __init__(self, fields: str | tuple[str, ...], message: str) -> None:
-        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
-        super().__init__(message)
-
-
-class FieldProblems(ValueProblem):
-    """Several :class:`FieldProblem` at once (every one is reported)."""
-
-    def __init__(self, problems: list[FieldProblem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
-
-
-def parse_duration(value: object) -> Duration:
-    if isinstance(value, bool):
-        raise ValueProblem(f"expected a duration like 5m, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        else:
-            pos, seconds = 0, 0.0
-            for match in _PART.finditer(text):
-                if match.start() != pos:
-                    break
-                seconds += float(match.group(1)) * _UNITS[match.group(2)]
-                pos = match.end()
-            if not text or pos != len(text):
-                raise ValueProblem(f'expected a duration like 5m, got "{value}"')
-    else:
-        raise ValueProblem(f"expected a duration like 5m, got {value!r}")
-    if seconds < 0:
-        raise ValueProblem(f'expected a positive duration, got "{value}"')
-    return Duration(seconds)
-
-
-def format_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    whole = int(seconds)
-    if whole != seconds:
-        return f"{seconds:g}s"
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
-
-
-def parse_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _BOOLS:
-        return _BOOLS[value.strip().lower()]
-    raise ValueProblem(f"expected true or false, got {value!r}")
-
-
-_BOOLS = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "0": False,
-    "no": False,
-    "off": False,
-}
-
-
-def secret(default: Any = None, *, env: str | tuple[str, ...] | None = None) -> Any:
-    """An attrs field whose value is masked in ``check-config`` and logs."""
-    return attrs.field(default=default, metadata={"secret": True, "env": env})
-
-
-def setting(
-    default: Any = attrs.NOTHING,
-    *,
-    env: str | tuple[str, ...] | None = None,
-    factory: Any = None,
-    help: str = "",
-) -> Any:
-    """An attrs field with the environment variable(s) that may set it."""
-    if factory is not None:
-        return attrs.field(factory=factory, metadata={"env": env, "help": help})
-    return attrs.field(default=default, metadata={"env": env, "help": help})
-
-
-# --- the converter -----------------------------------------------------------
-
-
-def _structure_str(value: object, tp: type) -> str:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):  # a StrEnum is a str too
-        return _structure_enum(value, tp)  # type: ignore[return-value]
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ValueProblem(f"expected a string, got {value!r}")
-
-
-def _structure_int(value: object, _: type) -> int:
-    if isinstance(value, bool):
-        raise ValueProblem(f"expected a whole number, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        return int(value)
-    raise ValueProblem(f"expected a whole number, got {value!r}")
-
-
-def _structure_float(value: object, _: type) -> float:
-    if isinstance(value, bool):
-        raise ValueProblem(f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueProblem(f"expected a number, got {value!r}")
-
-
-def _is_str_tuple(tp: Any) -> bool:
-    return typing.get_origin(tp) is tuple and typing.get_args(tp) in ((str, ...),)
-
-
-def _structure_str_tuple(value: object, _: type) -> tuple[str, ...]:
-    if isinstance(value, str):  # from the environment: comma-separated
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueProblem(f"expected a list of strings, got {value!r}")
-
-
-def _structure_enum(value: object, tp: type[enum.Enum]) -> enum.Enum:
-    try:
-        return tp(value)
-    except ValueError:
-        allowed = ", ".join(repr(member.value) for member in tp)
-        raise ValueProblem(f"expected one of {allowed}, got {value!r}") from None
-
-
-def make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    converter.register_structure_hook(Duration, lambda v, _: parse_duration(v))
-    converter.register_structure_hook(bool, lambda v, _: parse_bool(v))
-    converter.register_structure_hook(str, _structure_str)
-    converter.register_structure_hook(int, _structure_int)
-    converter.register_structure_hook(float, _structure_float)
-    converter.register_structure_hook_func(_is_str_tuple, _structure_str_tuple)
-    converter.register_structure_hook_func(
-        lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), _structure_enum
-    )
-    converter.register_unstructure_hook(Duration, format_duration)
-    return converter
-
-
-converter = make_converter()
-
+#: Public names, the value helpers of :mod:`consul_sync.values` among them
+#: (sources and sinks declare their fields with ``setting`` and ``secret``).
+__all__ = [
+    "GLOBAL_KEYS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MASK",
+    "Component",
+    "Duration",
+    "FieldProblem",
+    "FieldProblems",
+    "Settings",
+    "ValueProblem",
+    "effective",
+    "env_names",
+    "format_duration",
+    "load_settings",
+    "make_converter",
+    "parse_bool",
+    "parse_duration",
+    "read_file",
+    "secret",
+    "secrets_of",
+    "setting",
+]
 
 # --- settings ----------------------------------------------------------------
 
@@ -361,17 +200,6 @@ def _from_env(
     return values
 
 
-@attrs.define
-class _Provenance:
-    """Where the values of one class came from, to name them in messages."""
-
-    where: str = ""  #: key path of the table (``sinks[0]``; ``""``: the top)
-    body: Mapping[str, Any] = attrs.field(factory=dict)  #: field -> value given
-    env: Mapping[str, str] = attrs.field(factory=dict)  #: field -> its variable
-    #: full key path -> the variables ``${...}`` put into it
-    interpolated: Mapping[str, list[str]] = attrs.field(factory=dict)
-
-
 _INTERPOLATE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -443,13 +271,13 @@ def load_settings(
     env_origin: dict[str, str] = {}
     in_file = {k: v for k, v in data.items() if k not in ("sources", "sinks")}
     global_raw = {**_from_env(Settings, env, env_origin), **in_file}
-    origin = _Provenance(
+    origin = Provenance(
         "",
         global_raw,
         {k: v for k, v in env_origin.items() if k not in in_file},
         interpolated,
     )
-    settings = _structure(Settings, global_raw, origin, problems)
+    settings = structure(Settings, global_raw, origin, problems)
 
     components: dict[str, tuple[Component, ...]] = {}
     for kind, table in (("sources", registry.sources), ("sinks", registry.sinks)):
@@ -532,8 +360,8 @@ def _components(
         if not from_file:
             body = {**_from_env(cls.Config, env, env_origin), **body}
             env_origin = {k: v for k, v in env_origin.items() if k not in item}
-        origin = _Provenance(where, body, env_origin, interpolated)
-        config = _structure(cls.Config, body, origin, problems)
+        origin = Provenance(where, body, env_origin, interpolated)
+        config = structure(cls.Config, body, origin, problems)
         if config is None:
             continue
         found = []
@@ -543,159 +371,11 @@ def _components(
             except Exception as exc:  # a check that breaks is a problem too
                 found.append(exc)
         for problem in found:
-            problems.extend(_class_problem(problem, cls.Config, origin))
+            problems.extend(class_problem(problem, cls.Config, origin))
         if not found:
             out.append(Component(name, type_name, config))
     return tuple(out)
 
-
-def _structure(
-    cls: type[Any], body: Mapping[str, Any], origin: _Provenance, problems: list[str]
-) -> Any:
-    try:
-        return converter.structure(dict(body), cls)
-    except ClassValidationError as exc:
-        if all(not _noted(e) for e in exc.exceptions):  # the class's own validation
-            for own in exc.exceptions:
-                problems.extend(_class_problem(own, cls, origin))
-        else:
-            problems.extend(_messages(exc, cls, origin))
-            problems.extend(_also_own(exc, cls, body, origin))
-    except (IterableValidationError, ForbiddenExtraKeysError) as exc:
-        problems.extend(_messages(exc, cls, origin))
-    except Exception as exc:  # raised by the class itself: __attrs_post_init__
-        problems.extend(_class_problem(exc, cls, origin))
-    return None
-
-
-def _also_own(
-    exc: ClassValidationError, cls: type[Any], body: Mapping[str, Any], origin: _Provenance
-) -> list[str]:
-    """The class's own validation, run on the fields that structured (the
-    others at their defaults): every problem is reported at once, not the
-    class's only after its fields' are fixed."""
-    failed = set()
-    for error in exc.exceptions:
-        for note in getattr(error, "__notes__", ()):
-            if isinstance(note, AttributeValidationNote):
-                failed.add(note.name)
-    rest = {k: v for k, v in body.items() if k not in failed}
-    try:
-        converter.structure(rest, cls)
-    except ClassValidationError as again:
-        if any(_noted(e) for e in again.exceptions):
-            return []  # a required field is among the failed ones
-        lines = []
-        for own in again.exceptions:
-            for problem in own.problems if isinstance(own, FieldProblems) else [own]:
-                fields = (
-                    problem.fields
-                    if isinstance(problem, FieldProblem)
-                    else _fields_named(str(problem), cls)[0]
-                )
-                if not failed & set(fields):  # about a field at its default: not news
-                    lines.extend(_class_problem(problem, cls, origin))
-        return lines
-    except Exception:
-        return []
-    return []
-
-
-def _noted(exc: BaseException) -> bool:
-    """True for an error cattrs tied to an attribute or an item."""
-    return any(
-        isinstance(note, AttributeValidationNote | IterableValidationNote)
-        for note in getattr(exc, "__notes__", ())
-    )
-
-
-def _class_problem(exc: BaseException, cls: type[Any], origin: _Provenance) -> list[str]:
-    """Lines for a problem the class (or a check) found, naming its field(s)."""
-    if isinstance(exc, FieldProblems):
-        return [line for p in exc.problems for line in _class_problem(p, cls, origin)]
-    message = str(exc)
-    if isinstance(exc, FieldProblem):
-        fields, path = exc.fields, exc.fields[0] if len(exc.fields) == 1 else ""
-    else:
-        fields, stripped = _fields_named(message, cls)
-        # "address: ..." names its key; "concurrency must ..." reads as is.
-        path = fields[0] if stripped != message else ""
-        message = stripped
-    return [_line(origin, path, message, fields, cls)]
-
-
-def _fields_named(message: str, cls: type[Any]) -> tuple[tuple[str, ...], str]:
-    """The fields a validator's message is about: the one it starts with
-    (``concurrency must be ...``, ``address: ...``; a ``field:`` prefix is
-    dropped), else every one it mentions."""
-    names = [f.name for f in attrs.fields(cls)]
-    lead = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(:\s*|\s)", message)
-    if lead and lead.group(1) in names:
-        if lead.group(2).startswith(":"):
-            message = message[lead.end() :]
-        return (lead.group(1),), message
-    mentioned = [n for n in names if re.search(rf"\b{re.escape(n)}\b", message)]
-    return tuple(mentioned), message
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, str):
-        return value if re.fullmatch(r"-?\d+(\.\d+)?", value.strip()) else f'"{value}"'
-    return repr(value)
-
-
-def _line(
-    origin: _Provenance, path: str, message: str, fields: tuple[str, ...], cls: type[Any]
-) -> str:
-    """One problem, named as the operator set the value: the variable, the
-    key path, or both (a file value that took a ``${VAR}``)."""
-    env_fields = [f for f in fields if f in origin.env]
-    if env_fields:
-        raw = [origin.body[f] for f in env_fields if f in origin.body]
-        if "got" not in message and not any(str(v) in message for v in raw):
-            shown = " ".join(_shown(v) for v in raw)
-            message = f"{message}, got {shown}" if shown else message
-        return ", ".join(origin.env[f] for f in env_fields) + f": {message}"
-    full = ".".join(part for part in (origin.where, path) if part)
-    taken = origin.interpolated.get(full)
-    if not taken and len(fields) == 1:
-        taken = origin.interpolated.get(".".join(p for p in (origin.where, fields[0]) if p))
-    name = full or origin.where or cls.__name__
-    if taken:
-        name += " (from " + ", ".join(f"${{{v}}}" for v in taken) + ")"
-    return f"{name}: {message}"
-
-
-def _format(exc: BaseException, tp: type | None) -> str:
-    if isinstance(exc, ValueProblem):
-        return str(exc)
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
-    if isinstance(exc, KeyError):
-        return "required key missing"
-    if isinstance(exc, TypeError | ValueError):
-        if tp is None:  # raised by the class itself (an attrs validator): its own words
-            return str(exc)
-        name = getattr(tp, "__name__", str(tp))
-        return f"expected {name}: {exc}"
-    return str(exc)
-
-
-def _messages(exc: Exception, cls: type[Any], origin: _Provenance) -> list[str]:
-    out = []
-    for line in cattrs.transform_error(exc, path="$", format_exception=_format):
-        message, _, path = line.rpartition(" @ ")
-        path = path.removeprefix("$").lstrip(".")
-        field = re.split(r"[.\[]", path, maxsplit=1)[0]
-        fields = (field,) if field else ()
-        if fields and field not in origin.env:
-            out.append(_line(origin, path, message, (), cls))
-        else:
-            out.append(_line(origin, path, message, fields, cls))
-    return out
-
-
-# --- presenting --------------------------------------------------------------
 
 MASK = "********"
 
