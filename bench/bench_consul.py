@@ -71,9 +71,9 @@ from consul_sync.runtime import Runtime
 from consul_sync_consul import api
 from consul_sync_consul import source as consul_source
 from tests.consul.helpers import make_source
-from tests.consul.remote_double import RemoteDouble
 from tests.consul.schemes import double_tls, make_pki
 from tests.consul.sinks import MemorySink
+from tests.fakes.remote import RemoteDouble
 
 TAG = ["kubernetes"]
 BENCH = Path(__file__).resolve().parent

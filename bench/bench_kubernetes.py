@@ -43,8 +43,6 @@ import kubernetes.client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.soak import Remote
-
 from consul_sync.cli import App, build_app
 from consul_sync.config import load_settings
 from consul_sync.metrics import Metrics
@@ -54,6 +52,7 @@ from consul_sync.registry import Context
 from consul_sync.testing import FakePlugin, FakeSource
 from consul_sync_kubernetes import render
 from consul_sync_kubernetes.client import WRITE_VERBS, KubeClient, Resource
+from tests.fakes.remote import RemoteDouble
 
 
 class Target:
@@ -72,7 +71,7 @@ class Target:
     def client(self, concurrency: int) -> Iterator[KubeClient]:
         pool = concurrency + 4
         if not self.kubeconfig:
-            kube = Remote("kube")  # a fresh, empty API server per use
+            kube = RemoteDouble("kubernetes")  # a fresh, empty API server per use
             client = KubeClient.for_url(kube.url, pool_size=pool)
             try:
                 yield client

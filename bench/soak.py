@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import random
 import resource
@@ -59,6 +57,7 @@ from consul_sync.metrics import Metrics
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
 from consul_sync_kubernetes.client import KubeClient
+from tests.fakes.remote import RemoteDouble
 
 NS = "network"
 TAG = "kubernetes"
@@ -72,98 +71,14 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 log = logging.getLogger("soak")
 
 
-# --- the doubles, each in a process of its own --------------------------------------------
+# --- the doubles, each in a process of its own (tests/fakes/remote.py) ---------------------
+
+# Functions run inside the double's process (``RemoteDouble.fn``): the first argument is the
+# double.
 
 
-def _serve(
-    conn: multiprocessing.connection.Connection,
-    kind: str,
-    options: dict[str, Any],
-    initial: list[dict[str, Any]],
-) -> None:
-    if kind == "consul":
-        from tests.fakes.consul_double import ConsulDouble
-
-        double: Any = ConsulDouble(**options)
-        if initial:
-            double.register_many(initial)
-        double.start()
-    else:
-        from tests.fakes.k8s_double import KubeDouble
-
-        double = KubeDouble(**options)
-        double.start()
-    conn.send(("ok", double.url))
-    while True:
-        try:
-            op, name, args, kwargs = conn.recv()
-        except EOFError:
-            return
-        if op == "exit":
-            double.stop()
-            conn.send(("ok", None))
-            return
-        try:
-            if op == "attr":
-                result = getattr(double, name)
-            elif op == "fn":
-                result = globals()[name](double, *args, **kwargs)
-            else:
-                result = getattr(double, name)(*args, **kwargs)
-            conn.send(("ok", result))
-        except Exception as exc:
-            conn.send(("error", repr(exc)))
-
-
-class Remote:
-    """A double in a child process; calls forwarded over a pipe (thread-safe)."""
-
-    def __init__(self, kind: str, initial: list[dict[str, Any]] | None = None, **options: Any):
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(child, kind, options, initial or []), daemon=True
-        )
-        self._lock = threading.Lock()
-        self._process.start()
-        status, self.url = self._conn.recv()
-        assert status == "ok", self.url
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def _ask(self, op: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            self._conn.send((op, name, args, kwargs))
-            status, result = self._conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"{name}: {result}")
-        return result
-
-    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self._ask("call", name, *args, **kwargs)
-
-    def attr(self, name: str) -> Any:
-        return self._ask("attr", name)
-
-    def fn(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self._ask("fn", name, *args, **kwargs)
-
-    def close(self) -> None:
-        try:
-            with self._lock:
-                self._conn.send(("exit", "", (), {}))
-                self._conn.recv()
-        except (OSError, EOFError):
-            pass
-        self._process.join(5)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
-
-
-# Functions run inside the double's process (``Remote.fn``): the first argument is the double.
+def consul_register(double: Any, definitions: list[dict[str, Any]]) -> None:
+    double.register_many(definitions)
 
 
 def consul_batch(double: Any, ops: list[tuple[str, Any]]) -> None:
@@ -263,10 +178,6 @@ def kube_log(double: Any, foreign: list[str]) -> dict[str, Any]:
 
 def kube_count(double: Any) -> int:
     return len(double.exchanges)
-
-
-def double_start(double: Any) -> None:
-    double.start()
 
 
 # --- the model of what the bench put in Consul --------------------------------------------
@@ -737,7 +648,7 @@ class Churn:
         self._rename(s, self.model.new_name("renamed"))
 
     def _register(self, ops: list[tuple[str, Any]]) -> None:
-        self.soak.consul.fn("consul_batch", ops)
+        self.soak.consul.fn(consul_batch, ops)
 
     OPS: list[tuple[str, float]] = [
         ("op_flip", 35),
@@ -768,18 +679,24 @@ class Churn:
         self.fault_log.append(f"{time.monotonic() - self.started:5.1f}s {kind} ({duration:.1f}s)")
         if kind == "consul_down":
             soak.consul.call("stop")
-            return lambda: soak.consul.fn("double_start")
+            return lambda: soak.consul.call("start")
         if kind == "consul_500":
             soak.consul.call("inject_fault", "error", times=None, status=500)
             return lambda: soak.consul.call("clear_faults")
         if kind == "consul_index_reset":
             # The agent replaced by one restored from the same state: lower raft indexes.
-            before = soak.consul.fn("consul_stats")["index"]
-            soak.consul_requests_before_reset += soak.consul.fn("consul_stats")["requests"]
+            before = soak.consul.fn(consul_stats)["index"]
+            soak.consul_requests_before_reset += soak.consul.fn(consul_stats)["requests"]
             port = soak.consul.port
             soak.consul.close()
-            soak.consul = Remote("consul", self.model.definitions(), port=port, seed=soak.args.seed)
-            after = soak.consul.fn("consul_stats")["index"]
+            soak.consul = RemoteDouble(
+                "consul",
+                setup=consul_register,
+                setup_args=(self.model.definitions(),),
+                port=port,
+                seed=soak.args.seed,
+            )
+            after = soak.consul.fn(consul_stats)["index"]
             self.fault_log[-1] += f" index {before} -> {after}"
             return lambda: None
         if kind == "kube_503":
@@ -790,7 +707,7 @@ class Churn:
             return lambda: soak.kube.call("clear_faults")
         if kind == "kube_down":
             soak.kube.call("stop")
-            return lambda: soak.kube.fn("double_start")
+            return lambda: soak.kube.call("start")
         raise ValueError(kind)
 
     def run(self) -> None:
@@ -829,9 +746,9 @@ class Churn:
             ending[1]()
         # make sure every fault is over
         self.soak.consul.call("clear_faults")
-        self.soak.consul.fn("double_start")
+        self.soak.consul.call("start")
         self.soak.kube.call("clear_faults")
-        self.soak.kube.fn("double_start")
+        self.soak.kube.call("start")
 
 
 class Soak:
@@ -840,14 +757,14 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.model = Model(self.rng)
         self.consul_requests_before_reset = 0
-        self.consul: Remote
-        self.kube: Remote
+        self.consul: RemoteDouble
+        self.kube: RemoteDouble
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args)
 
     async def observed(self) -> Any:
-        return await self.call(self.kube.fn, "kube_observed")
+        return await self.call(self.kube.fn, kube_observed)
 
     async def wait_converged(
         self, limit: float, step: float
@@ -869,10 +786,12 @@ class Soak:
         initial: list[Any] = []
         for i in range(args.services):
             initial += self.model.add_service(self.model.new_name(), tagged=i % 20 != 7)
-        self.consul = Remote("consul", [d for _, d in initial], seed=args.seed)
-        self.kube = Remote("kube")
-        await self.call(self.kube.fn, "kube_create", FOREIGN)
-        foreign_before = await self.call(self.kube.fn, "kube_get", FOREIGN_REFS)
+        self.consul = RemoteDouble(
+            "consul", setup=consul_register, setup_args=([d for _, d in initial],), seed=args.seed
+        )
+        self.kube = RemoteDouble("kubernetes")
+        await self.call(self.kube.fn, kube_create, FOREIGN)
+        foreign_before = await self.call(self.kube.fn, kube_get, FOREIGN_REFS)
         out["rss_before"] = rss_mib()
         app = build(self.consul.url, self.kube.url, args)
         runtime = app.runtime
@@ -893,7 +812,7 @@ class Soak:
                 out["rss_start"] = rss_mib()
                 hist0 = histogram(app.metrics, "consul_sync_change_to_apply_seconds")
                 passes0 = runtime.passes
-                requests0 = await self.call(self.kube.fn, "kube_count")
+                requests0 = await self.call(self.kube.fn, kube_count)
                 print(
                     f"initial sync of {args.services} services: {out['initial_sync']:.1f}s; "
                     f"churn for {args.seconds:.0f}s at {args.rate:g} ops/s with faults ..."
@@ -930,18 +849,18 @@ class Soak:
                 out["converge"] = took
                 hist1 = histogram(app.metrics, "consul_sync_change_to_apply_seconds")
                 out["passes_soak"] = runtime.passes - passes0
-                out["requests_soak"] = await self.call(self.kube.fn, "kube_count") - requests0
+                out["requests_soak"] = await self.call(self.kube.fn, kube_count) - requests0
                 # (trailing watch events arrived while settling) measure idle
                 passes1 = runtime.passes
-                kube1 = await self.call(self.kube.fn, "kube_count")
-                consul1 = (await self.call(self.consul.fn, "consul_stats"))["requests"]
+                kube1 = await self.call(self.kube.fn, kube_count)
+                consul1 = (await self.call(self.consul.fn, consul_stats))["requests"]
                 cpu0, wall0 = cpu_seconds(), time.monotonic()
                 await anyio.sleep(args.idle)
                 cpu1, wall1 = cpu_seconds(), time.monotonic()
                 out["idle_cpu"] = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
                 out["idle_passes"] = runtime.passes - passes1
-                out["idle_kube"] = await self.call(self.kube.fn, "kube_count") - kube1
-                out["idle_consul"] = (await self.call(self.consul.fn, "consul_stats"))[
+                out["idle_kube"] = await self.call(self.kube.fn, kube_count) - kube1
+                out["idle_consul"] = (await self.call(self.consul.fn, consul_stats))[
                     "requests"
                 ] - consul1
                 out["rss_after"] = rss_mib()
@@ -967,9 +886,9 @@ class Soak:
                 runtime.stop()
         finally:
             logging.getLogger("consul_sync").removeHandler(tally)
-        foreign_after = await self.call(self.kube.fn, "kube_get", FOREIGN_REFS)
-        klog = await self.call(self.kube.fn, "kube_log", FOREIGN_NAMES)
-        cstats = await self.call(self.consul.fn, "consul_stats")
+        foreign_after = await self.call(self.kube.fn, kube_get, FOREIGN_REFS)
+        klog = await self.call(self.kube.fn, kube_log, FOREIGN_NAMES)
+        cstats = await self.call(self.consul.fn, consul_stats)
         self.consul.close()
         self.kube.close()
 

@@ -16,9 +16,9 @@ from consul_sync.model import DesiredService, ServiceKey
 from consul_sync.plugins import make_plugin_manager
 from consul_sync.runtime import Runtime
 from tests.consul.helpers import make_source
-from tests.consul.remote_double import RemoteDouble
 from tests.consul.sinks import MemorySink
 from tests.fakes.consul_double import ConsulDouble
+from tests.fakes.remote import RemoteDouble
 
 pytestmark = pytest.mark.anyio
 
