@@ -66,9 +66,9 @@ def logical_lines(text: str) -> Iterator[tuple[int, str]]:
         raise ValueError("Dockerfile ends inside a line continuation")
 
 
-def parse(text: str | None = None) -> tuple[dict[str, str], list[Stage]]:
-    """Global ``ARG`` defaults and the stages, in order."""
-    text = DOCKERFILE.read_text(encoding="utf-8") if text is None else text
+def parse() -> tuple[dict[str, str], list[Stage]]:
+    """The Dockerfile's global ``ARG`` defaults and its stages, in order."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
     global_args: dict[str, str] = {}
     stages: list[Stage] = []
     current: list[Instruction] | None = None
@@ -155,9 +155,9 @@ class IgnorePattern:
     regex: re.Pattern[str]
 
 
-def ignore_patterns(text: str | None = None) -> list[IgnorePattern]:
+def ignore_patterns() -> list[IgnorePattern]:
     """The patterns of .dockerignore, in order."""
-    text = DOCKERIGNORE.read_text(encoding="utf-8") if text is None else text
+    text = DOCKERIGNORE.read_text(encoding="utf-8")
     patterns = []
     for raw in text.splitlines():
         line = raw.strip()

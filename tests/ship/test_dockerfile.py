@@ -165,14 +165,6 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_else() -> None:
     assert dockerfile.excluded("core/consul_sync.egg-info/PKG-INFO", patterns)
 
 
-def test_dockerignore_matcher_follows_docker_rules() -> None:
-    patterns = dockerfile.ignore_patterns("*\n!core/\n**/__pycache__\n")
-    assert dockerfile.excluded("tests/x.py", patterns)
-    assert not dockerfile.excluded("core/a/b.py", patterns)
-    assert dockerfile.excluded("core/a/__pycache__/b.pyc", patterns)
-    assert not dockerfile.excluded("x", dockerfile.ignore_patterns("# only a comment\n"))
-
-
 # --- the build stage, run here -------------------------------------------------
 
 
@@ -228,17 +220,6 @@ def run_build_stage(root: Path) -> None:
             )
         else:
             raise AssertionError(f"the test does not know how to run {instruction.keyword}")
-
-
-def test_rebase_moves_only_absolute_paths() -> None:
-    root = Path("/tmp/r")
-    assert (
-        _rebase(
-            "python -m venv /opt/venv && /opt/venv/bin/pip install -r x.lock /dist/a-*.whl", root
-        )
-        == "python -m venv /tmp/r/opt/venv && /tmp/r/opt/venv/bin/pip install -r x.lock "
-        "/tmp/r/dist/a-*.whl"
-    )
 
 
 @pytest.mark.slow
