@@ -17,6 +17,8 @@ import yaml
 from consul_sync.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Generous: conditions are waited for, never timed.
+DEADLINE = 60.0
 
 
 def config(
@@ -164,10 +166,12 @@ def test_a_broken_registration_file_fails_run_once_but_loses_nothing(tmp_path) -
 
 
 def test_sigterm_exits_cleanly_within_the_bound(tmp_path) -> None:
+    # The bound is an hour: a stop that waited for it, rather than for what
+    # is in flight, would miss the deadline below.
     path = config(
         tmp_path,
         output=str(tmp_path / "out"),
-        extra='metrics_addr = "127.0.0.1:0"\nshutdown_timeout = "2s"',
+        extra='metrics_addr = "127.0.0.1:0"\nshutdown_timeout = "1h"',
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "consul_sync", "--config", str(path), "run"],
@@ -176,20 +180,17 @@ def test_sigterm_exits_cleanly_within_the_bound(tmp_path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while not (tmp_path / "out" / "network.service.plex.yaml").exists():
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=10)
-        elapsed = time.monotonic() - started
+        code = proc.wait(timeout=DEADLINE)  # one signal is enough
     finally:
         if proc.poll() is None:
             proc.kill()
     assert code == 0
-    assert elapsed < 3
     assert "stopped" in (proc.stderr.read() if proc.stderr else "")
 
 

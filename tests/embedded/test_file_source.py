@@ -15,6 +15,8 @@ from consul_sync.registry import Context
 from consul_sync_consul.file import FileConfig, FileSource
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Generous: conditions are waited for, never timed.
+DEADLINE = 30.0
 
 
 def make(path: Path, **kwargs) -> FileSource:
@@ -217,14 +219,14 @@ async def test_watch_notices_changes(tmp_path) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(source.run, publish)
-        with anyio.fail_after(5):
+        with anyio.fail_after(DEADLINE):
             while not seen:
                 await anyio.sleep(0.01)
         write(
             tmp_path / "b.json",
             {"service": {"name": "b", "tags": ["kubernetes"], "port": 80, "address": "10.0.0.2"}},
         )
-        with anyio.fail_after(5):
+        with anyio.fail_after(DEADLINE):
             while len(seen) < 2:
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()

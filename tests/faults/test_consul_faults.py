@@ -32,7 +32,7 @@ pytestmark = pytest.mark.anyio
 TAG = ["kubernetes"]
 ERRORS = "consul_sync_consul_errors_total"
 #: Generous deadline for convergence (a condition is waited on, never timed).
-DEADLINE = 10.0
+DEADLINE = 30.0
 #: Most errors the source may count in an idle second while Consul fails:
 #: three watches backing off (0.05 s doubling to 0.3 s, jittered) make a
 #: handful each; a busy loop makes thousands.
@@ -94,10 +94,14 @@ def source_complete(runtime: Runtime) -> bool:
     return snapshot is not None and snapshot.complete
 
 
-async def errors_in_an_idle_second(metrics: Metrics) -> float:
+async def assert_retrying_without_spinning(metrics: Metrics) -> None:
+    """Consul fails: the source keeps trying (another error comes) and backs
+    off (a handful of errors in an idle second, not a loop)."""
     before = counter(metrics, ERRORS)
     await anyio.sleep(1.0)
-    return counter(metrics, ERRORS) - before
+    errors = counter(metrics, ERRORS) - before
+    assert errors <= MAX_ERRORS_PER_IDLE_SECOND, errors
+    await until(lambda: counter(metrics, ERRORS) > before, "another attempt")
 
 
 async def assert_idle(source: ConsulSource, consul: ConsulDouble, sink: FakeSink | None) -> None:
@@ -147,8 +151,7 @@ async def test_consul_down_at_start(double_options: dict[str, Any]) -> None:
             await until(lambda: counter(metrics, ERRORS) >= 3, "failed attempts")
             assert not source_complete(runtime)
             assert not runtime.readiness()[0]  # not ready: no complete snapshot yet
-            errors = await errors_in_an_idle_second(metrics)
-            assert 1 <= errors <= MAX_ERRORS_PER_IDLE_SECOND, errors  # retrying, backing off
+            await assert_retrying_without_spinning(metrics)
             assert sink.writes == []  # nothing deleted, nothing written on no knowledge
             # it comes back loaded: its reads of each service are slow, so the
             # catalog and the health watch answer long before them
@@ -163,7 +166,7 @@ async def test_consul_down_at_start(double_options: dict[str, Any]) -> None:
             assert slow.hits >= len(SERVICES)
             consul.clear_faults()
             await anyio.sleep(1.0)  # slow reads still on their way settle
-            assert source_complete(runtime)
+            await until(lambda: source_complete(runtime), "the source complete")
             await until(lambda: runtime.readiness()[0], "ready")
             # the object Consul does not know is pruned only now, with full knowledge
             assert deletes(sink) == {(NS, "gone")}
@@ -183,8 +186,7 @@ async def test_consul_down_mid_run(consul: ConsulDouble) -> None:
         consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
         consul.set_check("service:api-1", "critical")
-        errors = await errors_in_an_idle_second(metrics)
-        assert 1 <= errors <= MAX_ERRORS_PER_IDLE_SECOND, errors
+        await assert_retrying_without_spinning(metrics)
         assert deletes(sink) == set()  # the last good state stays
         assert addresses(sink)["web"] == {"10.1.0.11"}
         assert runtime.readiness()[0]  # still serving what it knew
@@ -272,8 +274,7 @@ async def test_acl_403(acl_consul: ConsulDouble, tmp_path: Path) -> None:
             token_file.write_text("00000000-dead-beef-0000-000000000000")  # unknown: 403
             await until(lambda: not source_complete(runtime), "the source incomplete")
             consul.deregister("db-1")  # unseen meanwhile
-            errors = await errors_in_an_idle_second(metrics)
-            assert 1 <= errors <= MAX_ERRORS_PER_IDLE_SECOND, errors
+            await assert_retrying_without_spinning(metrics)
             assert deletes(sink) == set()
             token_file.write_text(read)
             await until(
@@ -393,8 +394,7 @@ async def test_health_watch_outage_flip_meanwhile(consul: ConsulDouble) -> None:
         consul.set_check("service:other-1", "warning")
         await seen.until(lambda s: not s.complete, DEADLINE, "incomplete during the outage")
         consul.set_check("service:web-1", "critical")  # unseen: the watch is down
-        errors = await errors_in_an_idle_second(metrics)
-        assert 1 <= errors <= MAX_ERRORS_PER_IDLE_SECOND, errors
+        await assert_retrying_without_spinning(metrics)
         assert not seen.last.complete
         start = len(seen.snapshots)
         consul.clear_faults()
