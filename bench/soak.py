@@ -27,6 +27,10 @@ that the CPU and memory measured here are consul-sync's, not the doubles').
 
 Exit status 0 when every check passes, 1 otherwise (each failed check is
 printed with example keys).
+
+One file of ~1,100 lines on purpose: a script run on its own whose model,
+churn, faults and report are read together.  The doubles' processes are
+tests/fakes/remote.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ real ``ConsulSource`` against the Consul double over loopback (through the
 runtime into a ``FakeSink`` where deletes matter).  Each test asserts that
 consul-sync converges, and what must not happen meanwhile: nothing wrongly
 deleted, no busy loop, no complete snapshot built on stale knowledge.
-Every test runs against an agent over http, https and a unix socket."""
+Every test runs against an agent over http, https and a unix socket.
+Over 400 lines: the rows of one table, with the helpers they share."""
 
 from __future__ import annotations
 
