@@ -306,6 +306,87 @@ async def _blocking_wake(wake: tuple[str, str], parked: anyio.Event, out: list[f
             parked.set()
 
 
+def _churn_in_double(double: Any, names: list[str], rate: float, seconds: float) -> None:
+    """Runs in the double's process: flips one instance's check every 1/rate s for
+    ``seconds``, round-robin over ``names`` (so the churn costs consul-sync nothing but
+    the watching)."""
+    import threading
+
+    def run() -> None:
+        start = time.monotonic()
+        i = 0
+        while (now := time.monotonic()) - start < seconds:
+            name = names[i % len(names)]
+            status = "critical" if (i // len(names)) % 2 == 0 else "passing"
+            # (instance 1 of each service: check ``NAME-1``, address populated_address(s, 1))
+            double.set_check(f"service:{name}-1", status)
+            i += 1
+            time.sleep(max(0.0, start + i / rate - now))
+        double.churn_done = i
+
+    double.churn_done = None
+    threading.Thread(target=run, daemon=True).start()
+
+
+async def churn(services: int, rate: float, seconds: float) -> dict[str, Any]:
+    """CPU per applied change under sustained churn: ``rate`` health flips per second over
+    ``services`` services for ``seconds``; consul-sync's process CPU from the churn's start
+    until the sink holds the last state, divided by the changes the sink applied."""
+    out: dict[str, Any] = {"services": services, "rate": rate, "seconds": seconds}
+    with RemoteDouble(seed=services, max_conns_per_client=200) as consul:
+        names = consul.populate(services, 3)
+        source = make_source(consul.url, wait=300, timeout=10, retry_max=10)
+        sink = MemorySink()
+        applied = 0
+        original = sink.apply
+
+        async def counting(change: Any) -> None:
+            nonlocal applied
+            await original(change)
+            applied += 1
+
+        sink.apply = counting  # type: ignore[method-assign]
+        runtime = Runtime(
+            Settings(), [source], [sink], make_plugin_manager(entry_points=False), Metrics()
+        )
+        async with anyio.create_task_group() as tg:
+            await tg.start(runtime.run)
+            with anyio.fail_after(600):
+                while len(sink.objects) < services:  # noqa: ASYNC110 - polling the sink
+                    await anyio.sleep(0.01)
+            await anyio.sleep(1.0)
+            applied = 0
+            cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            consul.fn(_churn_in_double, names, rate, seconds)
+            with anyio.fail_after(seconds + 120):
+                while consul.attr("churn_done") is None:  # noqa: ASYNC110 - polling the double
+                    await anyio.sleep(0.2)
+                expected = consul_ready_states(consul, names)
+                while any(  # noqa: ASYNC110 - polling the sink
+                    ready_of(sink.objects, name, populated_address(i, 1)) != ready
+                    for i, (name, ready) in enumerate(expected)
+                ):
+                    await anyio.sleep(0.02)
+            cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+            out["changes"] = consul.attr("churn_done")
+            out["applied"] = applied
+            out["cpu_s"] = cpu
+            out["wall_s"] = wall1 - wall0
+            out["passes"] = runtime.passes
+            runtime.stop()
+    return out
+
+
+def consul_ready_states(consul: Any, names: list[str]) -> list[tuple[str, bool]]:
+    """(name, whether instance 0 passes) for each name, as the double holds it now."""
+    return list(zip(names, consul.fn(_passing, names), strict=True))
+
+
+def _passing(double: Any, names: list[str]) -> list[bool]:
+    return [double.check_status(f"service:{name}-1") == "passing" for name in names]
+
+
 def ready_of(objects: dict[ServiceKey, DesiredService], name: str, address: str) -> bool | None:
     service = objects.get(("network", name))
     if service is None:
@@ -456,6 +537,14 @@ def main() -> None:
         "--read-seconds", type=float, default=2.0, help="seconds per read-rate round (0: skip)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="read-rate rounds")
+    parser.add_argument(
+        "--churn",
+        type=float,
+        nargs=3,
+        default=[300, 30, 10],
+        metavar=("SERVICES", "PER_SECOND", "SECONDS"),
+        help="CPU per applied change under sustained churn (SERVICES 0: skip)",
+    )
     parser.add_argument("--read-services", type=int, default=1000)
     parser.add_argument("--read-schemes", nargs="+", default=["http", "unix", "https"])
     parser.add_argument(
@@ -474,6 +563,20 @@ def main() -> None:
             stack.enter_context(_source_uses(old.ConsulAPI))
         for n in args.services:
             _run_bench(n, args, args.client)
+    services, rate, seconds = args.churn
+    if services > 0:
+        result = anyio.run(churn, int(services), rate, seconds)
+        print(
+            f"\nSustained churn: {result['changes']} health flips at {rate:g}/s over "
+            f"{int(services)} services for {seconds:g} s"
+        )
+        share = 100 * result["cpu_s"] / result["wall_s"]
+        print(
+            f"  consul-sync CPU {result['cpu_s']:.2f} s ({share:.1f} % of one core until"
+            f" converged, {result['wall_s']:.1f} s); {result['applied']}"
+            f" changes applied in {result['passes']} passes: "
+            f"{1000 * result['cpu_s'] / max(result['applied'], 1):.2f} ms CPU per applied change"
+        )
 
 
 @contextlib.contextmanager
