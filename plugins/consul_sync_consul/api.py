@@ -34,6 +34,10 @@ from .tokens import TokenSource
 from .transport import HTTPXTransport, TLSSettings, ssl_context
 
 __all__ = [
+    "CATALOG",
+    "HEALTH_STATE",
+    "NODES",
+    "NODE_SERVICES",
     "ACLRejected",
     "BadAnswer",
     "ConsulAPI",
@@ -46,6 +50,7 @@ __all__ = [
     "format_wait",
     "gc_paused",
     "parse_address",
+    "service_path",
 ]
 
 
@@ -93,6 +98,18 @@ def _h2_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+#: The endpoints the ``consul`` source reads.
+CATALOG = "/v1/catalog/services"
+HEALTH_STATE = "/v1/health/state/any"
+NODES = "/v1/catalog/nodes"
+NODE_SERVICES = "/v1/catalog/node-services/"
+
+
+def service_path(name: str) -> str:
+    """``/v1/health/service/NAME``, for any name Consul accepts."""
+    return "/v1/health/service/" + quote(name, safe="")
 
 
 #: No CA, no client certificate: the system's trust store (https only).

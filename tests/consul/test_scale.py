@@ -102,7 +102,8 @@ async def test_every_change_kind_reaches_the_sink_with_10k_services() -> None:
                          limit: float = 10.0) -> None:  # fmt: skip
             # one change at a time: the previous one's sweep is over
             with anyio.fail_after(60):
-                while source._sweep_pending or source.queue.urgent or source.queue.background:
+                reader = source.reader
+                while reader.sweep_pending or reader.queue.urgent or reader.queue.background:
                     await anyio.sleep(0.02)
             await anyio.sleep(0.2)
             started = time.monotonic()
