@@ -1,4 +1,5 @@
-"""The reader pool: targeted reads of ``/v1/health/service/NAME``.
+"""The reader pool: targeted reads of ``/v1/health/service/NAME`` (and
+:func:`read_once`, the one-off read of everything a snapshot is).
 
 The watches and the explainer name services; readers take them off a
 :class:`WorkQueue` (urgent ones first, then background sweep work) and
@@ -17,12 +18,13 @@ from collections.abc import Callable, Iterable, Mapping
 import anyio
 import anyio.abc
 
+from consul_sync import Snapshot, SourceError
 from consul_sync.backoff import Backoff
 
 from . import parse
-from .api import ConsulAPI, ConsulError, service_path
+from .api import CATALOG, ConsulAPI, ConsulError, service_path
 from .state import CatalogState
-from .status import Status
+from .status import Status, empty_message
 
 log = logging.getLogger("consul_sync.consul")
 
@@ -61,7 +63,6 @@ class WorkQueue:
 class Reader:
     """The readers, their queue, and who waits for which reads.
 
-    ``error(what, exc)`` counts a failed read and says what failed;
     ``remember(name, index, entries)`` gets every successful read (what
     the explainer compares with), ``answered()`` every answer; ``done(name)``
     is called once a name was read, failed, or turned out untagged;
@@ -80,7 +81,6 @@ class Reader:
         recheck_delay: float,
         backoff: Backoff,
         skip_reasons: dict[str, tuple[str, ...]],
-        error: Callable[[str, Exception], str],
         remember: Callable[[str, int | None, tuple[parse.Entry, ...]], None],
         answered: Callable[[], None],
         done: Callable[[str], None],
@@ -97,7 +97,6 @@ class Reader:
         self.recheck_delay = recheck_delay
         self.backoff = backoff
         self.skip_reasons = skip_reasons
-        self.error = error
         self.remember = remember
         self.answered = answered
         self.done = done
@@ -256,7 +255,7 @@ class Reader:
     # --- failures -----------------------------------------------------------------
 
     def _read_failed(self, name: str, exc: Exception) -> None:
-        self.status.read_failed(name, self.error(f"health/service/{name}", exc))
+        self.status.read_failed(name, self.status.error(f"health/service/{name}", exc))
         self._failed_event.set()
         self.notify()
 
@@ -271,18 +270,28 @@ class Reader:
             self.notify()
 
 
-async def read_all(
+async def read_once(
     api: ConsulAPI,
     state: CatalogState,
     params: Mapping[str, str],
     *,
     slots: int,
-    error: Callable[[str, Exception], str],
+    status: Status,
     warn_once: Callable[[str], None],
-) -> list[str]:
-    """Read every tagged service of ``state`` once, ``slots`` at a time, into
-    it (a one-off snapshot, no watch); what failed, described.  Problems
-    with what was read go to ``warn_once``."""
+) -> Snapshot:
+    """The catalog, then every tagged service, read once into ``state``,
+    ``slots`` at a time (no watch: ``run --once``, ``plan``, ``render``).
+    Problems with what was read go to ``warn_once``."""
+    source = status.source
+    try:
+        reply = await api.get(CATALOG)
+        catalog = parse.catalog_services(reply.body)
+    except (ConsulError, parse.Malformed) as exc:
+        raise SourceError(status.error("catalog/services", exc)) from None
+    if not catalog:
+        status.metrics.source_empty.labels(source=source).inc()
+        raise SourceError(empty_message(source, status.tokens, first=True, token_changed=False))
+    state.set_catalog(catalog)
     limiter = anyio.CapacityLimiter(slots)
     failures: list[str] = []
 
@@ -292,7 +301,7 @@ async def read_all(
                 reply = await api.get(service_path(name), params)
                 parsed = parse.health_service(name, reply.body)
             except (ConsulError, parse.Malformed) as exc:
-                failures.append(error(f"health/service/{name}", exc))
+                failures.append(status.error(f"health/service/{name}", exc))
                 return
         for problem in parsed.problems:
             warn_once(problem)
@@ -301,4 +310,6 @@ async def read_all(
     async with anyio.create_task_group() as tg:
         for name in sorted(state.tagged):
             tg.start_soon(one, name)
-    return failures
+    for failure in failures[:5]:
+        log.error("source %s: %s", source, failure, extra={"source": source})
+    return Snapshot(source, dict(state.services), complete=not failures)

@@ -44,7 +44,7 @@ from typing import ClassVar
 import anyio
 import anyio.abc
 
-from consul_sync import Context, Snapshot, SourceError
+from consul_sync import Context, Snapshot
 from consul_sync.backoff import Backoff
 from consul_sync.model import Publish, ServiceKey, StatusNote
 
@@ -61,9 +61,9 @@ from .config import Consistency, ConsulConfig, Filters, api_query, tls_settings
 from .convert import HealthPolicy
 from .explain import Explainer, ReadMemory
 from .publish import Publisher
-from .reader import Reader, read_all
+from .reader import Reader, read_once
 from .state import CatalogState
-from .status import Status, empty_message
+from .status import Status
 from .watch import CatalogWatch, HealthWatch, NodesWatch, Watcher, went_backwards
 
 __all__ = ["Consistency", "ConsulConfig", "ConsulSource"]
@@ -149,7 +149,6 @@ class ConsulSource:
             recheck_delay=self.recheck_delay,
             backoff=self._new_backoff(),
             skip_reasons=self._skip_reasons,
-            error=self.status.error,
             remember=self.memory.remember,
             answered=self._read_answered,
             done=self.publisher.read,
@@ -177,8 +176,8 @@ class ConsulSource:
             ok=self._watch_ok,
         )
         self.catalog_watch = CatalogWatch()
-        self.health_watch = HealthWatch()
-        self.node_addresses = NodesWatch()
+        self.health_watch = HealthWatch(self.state, self.reader, self._recover, self._notify)
+        self.node_addresses = NodesWatch(self.state, self.reader, self.status, self._recover)
         self._running = False
 
     def _new_backoff(self) -> Backoff:
@@ -242,11 +241,11 @@ class ConsulSource:
                 )  # fmt: skip
                 tg.start_soon(
                     watch, "health", HEALTH_STATE, self.filters.health, parse.health_state,
-                    self._on_checks, self._on_health_error, name=f"{self.name}:health",
+                    self.health_watch.answer, self.health_watch.failed, name=f"{self.name}:health",
                 )  # fmt: skip
                 if self.nodes_watch:
                     tg.start_soon(
-                        watch, "nodes", NODES, {}, parse.catalog_nodes, self._on_nodes,
+                        watch, "nodes", NODES, {}, parse.catalog_nodes, self.node_addresses.answer,
                         name=f"{self.name}:nodes",
                     )  # fmt: skip
                 background = max(1, min(self.sweep_concurrency, self.read_slots // 2))
@@ -263,29 +262,14 @@ class ConsulSource:
 
     async def snapshot(self) -> Snapshot:
         """One fresh full read (``run --once``, ``plan``, ``render``)."""
-        state = self._new_state()
-        try:
-            reply = await self.api.get(CATALOG)
-            catalog = parse.catalog_services(reply.body)
-        except (ConsulError, parse.Malformed) as exc:
-            raise SourceError(self.status.error("catalog/services", exc)) from None
-        if not catalog:
-            self.metrics.source_empty.labels(source=self.name).inc()
-            raise SourceError(
-                empty_message(self.name, self.tokens, first=True, token_changed=False)
-            )
-        state.set_catalog(catalog)
-        failures = await read_all(
+        return await read_once(
             self.api,
-            state,
+            self._new_state(),
             self.filters.service,
             slots=self.read_slots,
-            error=self.status.error,
+            status=self.status,
             warn_once=self.state.warn_once,
         )
-        for failure in failures[:5]:
-            log.error("source %s: %s", self.name, failure, extra={"source": self.name})
-        return Snapshot(self.name, dict(state.services), complete=not failures)
 
     async def resync(self) -> None:
         """Re-read the catalog and every tagged service inside the watch;
@@ -367,39 +351,6 @@ class ConsulSource:
             self.explainer.explain(new)
         self.reader.check_sweep_done()
         self._notify()
-
-    # --- the health and nodes watches -------------------------------------------
-
-    def _on_health_error(self) -> None:
-        if self.health_watch.failed():
-            self.state.set_node_checks(None, None)
-            self._notify()
-
-    def _on_checks(self, checks: parse.Checks, index: int, new_index: int) -> None:
-        news = self.health_watch.answer(checks, index, new_index)
-        if news is not None:
-            table, diff = news
-            self.state.set_node_checks(table, None if diff is None else diff.nodes)
-            if diff is not None:
-                tagged = self.state.tagged
-                self.reader.push(sorted(n for n in diff.services if n in tagged), urgent=True)
-            self._notify()
-        if self.health_watch.back() and self.state.catalog is not None:
-            self._recover("health", self.state.tagged)
-
-    def _on_nodes(self, nodes: dict[str, str], _index: int, _new_index: int) -> None:
-        """A node re-registered with a new address moves only the nodes
-        table: re-read the services that used the node's address.  After an
-        outage of the watch, the snapshot stays incomplete until they are
-        read; the catalog watch re-reads everything after a reset index."""
-        recovered = "nodes" in self.status.errors
-        names = self.node_addresses.answer(nodes, self.state)
-        if names:
-            log.debug("node addresses changed: reading %d services", len(names))
-            if recovered:
-                self._recover("nodes", names, urgent=True)
-            else:
-                self.reader.push(sorted(names), urgent=True)
 
     def _recover(self, which: str, names: Iterable[str], *, urgent: bool = False) -> None:
         """A watch is back (after an error, or an index that went backwards):

@@ -3,17 +3,19 @@ each watch remembers between two answers.
 
 * :class:`Watcher` runs one blocking query in a loop (:meth:`Watcher.long_poll`)
   and restarts the parked ones when the token changes;
-* :class:`CatalogWatch` (``/v1/catalog/services``), :class:`HealthWatch`
-  (``/v1/health/state/any``, every node check and the tagged services'
-  checks that are not passing) and :class:`NodesWatch`
-  (``/v1/catalog/nodes``) hold each watch's memory and say what an answer
-  changed; the source acts on it.
+* :class:`HealthWatch` (``/v1/health/state/any``: every node check and the
+  tagged services' checks that are not passing) and :class:`NodesWatch`
+  (``/v1/catalog/nodes``) hold each watch's last answer and act on a new
+  one: node checks to the state, services to read again to the reader;
+* :class:`CatalogWatch` (``/v1/catalog/services``) says whether an answer
+  is to be taken, and how; taking it touches every part, so the source does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 import anyio
 import attrs
@@ -22,10 +24,14 @@ from consul_sync.backoff import Backoff
 
 from . import parse
 from .api import ConsulAPI, ConsulError, Reply
+from .reader import Reader
 from .state import CatalogState
+from .status import Status
 from .tokens import TokenSource
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("consul_sync.consul")
 
 
 def went_backwards(old: int, new: int) -> bool:
@@ -170,63 +176,96 @@ class CatalogWatch:
         return CatalogTake(full, recovery)
 
 
-class HealthWatch:
-    """The health watch's last answer (``None``: not watching successfully)."""
+class Recover(Protocol):
+    """Re-read ``names`` after an outage of the ``which`` watch; the snapshot
+    is not complete until they are read."""
 
-    def __init__(self) -> None:
+    def __call__(self, which: str, names: Iterable[str], *, urgent: bool = False) -> None: ...
+
+
+class HealthWatch:
+    """The health watch's last answer (``None``: not watching successfully),
+    and what a new one changes: node checks, and services to read again."""
+
+    def __init__(
+        self, state: CatalogState, reader: Reader, recover: Recover, notify: Callable[[], None]
+    ) -> None:
+        self.state = state
+        self.reader = reader
+        self.recover = recover
+        self.notify = notify
         self.checks: parse.Checks | None = None
         #: True from a failed read until the watch answers again.
         self.lost = False
 
-    def failed(self) -> bool:
-        """A read failed: True when the node checks it gave must be dropped
-        (without the watch, each read's own node checks are the freshest)."""
+    def failed(self) -> None:
         self.lost = True
-        if self.checks is None:
-            return False
-        self.checks = None
-        return True
+        if self.checks is not None:
+            # Without the watch, each read's own node checks are the freshest.
+            self.checks = None
+            self.state.set_node_checks(None, None)
+            self.notify()
 
-    def answer(
-        self, new: parse.Checks, index: int, new_index: int
-    ) -> tuple[dict[str, tuple[tuple[str, str], ...]], parse.ChecksDiff | None] | None:
-        """The new node-check table and what moved since the last answer
-        (``None`` for the first); ``None`` when the index did not move."""
+    def answer(self, new: parse.Checks, index: int, new_index: int) -> None:
         old = self.checks
-        if old is not None and new_index == index:
-            return None
-        self.checks = new
-        return parse.node_checks(new), None if old is None else parse.diff_checks(old, new)
-
-    def back(self) -> bool:
-        """True once, for the first answer after a failure: checks may have
-        flipped meanwhile, and it has nothing to compare with."""
-        lost, self.lost = self.lost, False
-        return lost
+        if old is None or new_index != index:
+            table = parse.node_checks(new)
+            if old is None:
+                self.state.set_node_checks(table, None)
+            else:
+                diff = parse.diff_checks(old, new)
+                self.state.set_node_checks(table, diff.nodes)
+                tagged = self.state.tagged
+                self.reader.push(sorted(n for n in diff.services if n in tagged), urgent=True)
+            self.checks = new
+            self.notify()
+        if self.lost:
+            # Checks may have flipped while the watch was down, and this first
+            # answer has nothing to compare with: read every tagged service.
+            self.lost = False
+            if self.state.catalog is not None:
+                self.recover("health", self.state.tagged)
 
 
 class NodesWatch:
-    """Node -> address, from the last answer of the nodes watch."""
+    """Node -> address, from the last answer of the nodes watch.
 
-    def __init__(self) -> None:
+    A node re-registered with a new address moves only the nodes table:
+    the services with an instance there that used the node's address (no
+    address of their own) are read again.  After an outage of the watch,
+    the first answer is compared with the last one before it, and the
+    snapshot stays incomplete until the services it names are read.  The
+    comparison is of addresses, not indexes, so an index that went
+    backwards (a restored snapshot) needs nothing more here; the catalog
+    watch re-reads everything then.
+    """
+
+    def __init__(
+        self, state: CatalogState, reader: Reader, status: Status, recover: Recover
+    ) -> None:
+        self.state = state
+        self.reader = reader
+        self.status = status
+        self.recover = recover
         self.addresses: dict[str, str] | None = None
 
-    def answer(self, nodes: dict[str, str], state: CatalogState) -> set[str]:
-        """The tagged services with an instance on a node whose address
-        changed that used the node's address (no address of their own).
-
-        The comparison is of addresses, not indexes, so an index that went
-        backwards (a restored snapshot) needs nothing more here."""
-        old, self.addresses = self.addresses, nodes
-        names: set[str] = set()
-        if old is None:
-            return names
-        for node, address in nodes.items():
-            before = old.get(node)
-            if before is None or before == address:
-                continue
-            for name in state.by_node.get(node, ()):
-                entries = state.entries.get(name, ())
-                if any(e.node == node and e.address == before for e in entries):
-                    names.add(name)
-        return names
+    def answer(self, nodes: dict[str, str], _index: int, _new_index: int) -> None:
+        old = self.addresses
+        recovered = "nodes" in self.status.errors
+        if old is not None:
+            names: set[str] = set()
+            for node, address in nodes.items():
+                before = old.get(node)
+                if before is None or before == address:
+                    continue
+                for name in self.state.by_node.get(node, ()):
+                    entries = self.state.entries.get(name, ())
+                    if any(e.node == node and e.address == before for e in entries):
+                        names.add(name)
+            if names:
+                log.debug("node addresses changed: reading %d services", len(names))
+                if recovered:
+                    self.recover("nodes", names, urgent=True)
+                else:
+                    self.reader.push(sorted(names), urgent=True)
+        self.addresses = nodes
