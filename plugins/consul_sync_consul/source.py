@@ -29,9 +29,11 @@ Connections: two or three long-polls plus reads, never more than
 
 Failures keep the last good state and make the snapshot incomplete, so
 that nothing is pruned on behalf of a source that cannot see.
+
 Who does what: :mod:`.watch` (the long-polls), :mod:`.reader` (the reads),
-:mod:`.explain` (in-place changes), :mod:`.status` (completeness); this
-module wires them to the catalog state and publishes.
+:mod:`.explain` (in-place changes), :mod:`.status` (failures and
+completeness), :mod:`.publish` (snapshots to the runtime).  This module
+wires them to the catalog state, and fans a catalog answer out to them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 import anyio
-import anyio.abc
 
 from consul_sync import Context, Snapshot
 from consul_sync.backoff import Backoff
