@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from consul_sync import checks
 from consul_sync.config import FieldProblem
 
-from .source import ConsulConfig
+from .config import ConsulConfig
 
 
 def check_consul(config: ConsulConfig, _environ: Mapping[str, str]) -> Iterator[FieldProblem]:

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-RECORDINGS = Path(__file__).parent / "recordings"
+#: The real agent's recordings (one copy, shared with the double's tests).
+RECORDINGS = Path(__file__).parents[1] / "fixtures" / "consul"
 
 
 @pytest.fixture

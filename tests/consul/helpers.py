@@ -19,6 +19,11 @@ from tests.fakes.consul_double import ConsulDouble
 
 NS = "network"
 
+#: How long a test waits for a condition (a change arriving, a recovery) before it
+#: fails: generous, so that a loaded CI machine does not fail it.  How fast changes
+#: arrive is a latency target, measured by bench/bench_consul.py, not asserted here.
+DEADLINE = 10.0
+
 
 class Collector:
     """The ``publish`` given to ``ConsulSource.run``: keeps every snapshot."""
@@ -46,7 +51,7 @@ class Collector:
         return () if service is None else service.endpoints
 
     async def until(
-        self, predicate: Callable[[Snapshot], bool], timeout: float = 3.0, what: str = ""
+        self, predicate: Callable[[Snapshot], bool], timeout: float = DEADLINE, what: str = ""
     ) -> float:
         """Wait until the latest snapshot satisfies ``predicate``; the seconds it took."""
         started = time.monotonic()

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from consul_sync.model import Action, Change, DesiredService, Observed, ServiceKey
+from tests.consul.helpers import DEADLINE
 
 
 class MemorySink:
@@ -46,7 +47,9 @@ class MemorySink:
         return None
 
     async def until(
-        self, predicate: Callable[[dict[ServiceKey, DesiredService]], bool], timeout: float = 3.0
+        self,
+        predicate: Callable[[dict[ServiceKey, DesiredService]], bool],
+        timeout: float = DEADLINE,
     ) -> float:
         started = time.monotonic()
         with anyio.fail_after(timeout):

@@ -15,7 +15,7 @@ from consul_sync.config import Settings
 from consul_sync.metrics import Metrics
 from consul_sync.plugins import make_plugin_manager
 from consul_sync.runtime import Runtime
-from tests.consul.helpers import captured, counter, make_source, running
+from tests.consul.helpers import DEADLINE, captured, counter, make_source, running
 from tests.consul.sinks import MemorySink
 from tests.fakes.consul_double import ConsulDouble
 
@@ -64,7 +64,7 @@ async def test_empty_answer_is_reported_and_deletes_nothing(
             consul.register(
                 "web", service_id="web-2", address="10.2.0.12", port=8080, tags=TAG
             )  # fmt: skip  (wakes the watch)
-            with anyio.fail_after(3):
+            with anyio.fail_after(DEADLINE):
                 while (
                     counter(metrics, "consul_sync_source_suddenly_empty_total", source="consul") < 1
                 ):
@@ -144,7 +144,7 @@ async def test_token_file_change_is_picked_up(consul: ConsulDouble, tmp_path: Pa
         consul.bump_index()
         # the next read uses the new token; a token change re-reads everything
         consul.register("web", service_id="web-3", address="10.2.0.13", port=8080, tags=TAG)
-        await seen.until(lambda s: {k[1] for k in s.services} == {"web", "db", "api"}, 3.0)
+        await seen.until(lambda s: {k[1] for k in s.services} == {"web", "db", "api"}, DEADLINE)
 
 
 async def test_after_an_empty_answer_complete_waits_for_the_sweep(
@@ -157,7 +157,7 @@ async def test_after_an_empty_answer_complete_waits_for_the_sweep(
     source.token_poll = 0.05
     async with running(source) as seen:
         token_file.write_text(none)
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete on the empty answer")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete on the empty answer")
         consul.register(
             "web", service_id="web-1", address="10.2.0.99", port=8080, tags=TAG, status="passing"
         )  # fmt: skip  (in place, unseen meanwhile)
@@ -168,6 +168,6 @@ async def test_after_an_empty_answer_complete_waits_for_the_sweep(
         def fresh(s: Any) -> bool:
             return {e.address for e in s.services[("network", "web")].endpoints} == {"10.2.0.99"}
 
-        await seen.until(lambda s: s.complete and fresh(s), 5.0, "recovered")
+        await seen.until(lambda s: s.complete and fresh(s), DEADLINE, "recovered")
         stale = [s for s in seen.snapshots[start:] if s.complete and not fresh(s)]
         assert stale == []

@@ -15,7 +15,8 @@ from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import TypeRegistry
 from consul_sync_consul import plugin as consul_plugin
 from consul_sync_consul.api import TokenSource, format_wait, parse_address
-from consul_sync_consul.source import Consistency, ConsulConfig, _next_index
+from consul_sync_consul.source import Consistency, ConsulConfig
+from consul_sync_consul.watch import next_index
 from consul_sync_kubernetes.manifests import ManifestsSink
 
 
@@ -177,10 +178,10 @@ def test_addresses(address: str, expected: tuple[str, str | None]) -> None:
 
 
 def test_next_index_resets_when_it_goes_backwards_and_never_blocks_on_zero() -> None:
-    assert _next_index(0, 37) == 37
-    assert _next_index(37, 38) == 38
-    assert _next_index(1037, 37) == 0  # recorded: an index ahead returns a smaller one
-    assert _next_index(37, 0) == 0
+    assert next_index(0, 37) == 37
+    assert next_index(37, 38) == 38
+    assert next_index(1037, 37) == 0  # recorded: an index ahead returns a smaller one
+    assert next_index(37, 0) == 0
 
 
 def test_wait_is_sent_in_whole_milliseconds() -> None:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from consul_sync.metrics import Metrics
-from tests.consul.helpers import captured, counter, make_source, ready, running
+from tests.consul.helpers import DEADLINE, captured, counter, make_source, ready, running
 from tests.consul.schemes import double_options_fixture, pki_fixture  # noqa: F401
 from tests.fakes.consul_double import ConsulDouble
 
@@ -63,14 +63,14 @@ async def test_catalog_watch_failure_keeps_state_and_recovers(
         consul.inject_fault(kind, times=None, path_prefix="/v1/catalog/services", **options)  # type: ignore[arg-type]
         consul.bump_index()  # nothing changes; the watch's next read meets the fault
         consul.deregister("db-1")  # a change made while the catalog cannot be read
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete snapshot")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete snapshot")
         assert counter(metrics, ERRORS) >= 1
         # nothing was dropped on the strength of a failed read
         await anyio.sleep(0.3)
         assert ("network", "web") in seen.last.services
         consul.clear_faults()
         await seen.until(
-            lambda s: s.complete and ("network", "db") not in s.services, 3.0, "recovery"
+            lambda s: s.complete and ("network", "db") not in s.services, DEADLINE, "recovery"
         )
 
 
@@ -87,13 +87,13 @@ async def test_service_read_failure_keeps_state_and_recovers(
     async with running(source) as seen:
         consul.inject_fault(kind, times=None, path_prefix="/v1/health/service/", **options)  # type: ignore[arg-type]
         consul.set_check("service:web-1", "critical")
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete snapshot")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete snapshot")
         assert counter(metrics, ERRORS) >= 1
         assert ready(seen.endpoints("web")) == {"10.1.0.11": True}  # last good state
         consul.clear_faults()
         await seen.until(
             lambda s: s.complete and ready(seen.endpoints("web")) == {"10.1.0.11": False},
-            3.0,
+            DEADLINE,
             "recovery",
         )
 
@@ -108,12 +108,12 @@ async def test_health_watch_failure_is_incomplete_then_recovers(
     async with running(source) as seen:
         consul.inject_fault(kind, times=None, path_prefix="/v1/health/state/", **options)  # type: ignore[arg-type]
         consul.set_check("serfHealth", "critical")  # wakes the watch; its next read fails
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete")
         assert counter(metrics, ERRORS) >= 1
         consul.clear_faults()
         await seen.until(
             lambda s: s.complete and not any(ready(seen.endpoints("web")).values()),
-            3.0,
+            DEADLINE,
             "node check seen after recovery",
         )
 
@@ -125,14 +125,14 @@ async def test_backoff_with_jitter_bounds_retries(consul: ConsulDouble) -> None:
     async with running(source) as seen:
         consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services", status=500)
         consul.bump_index()
-        await seen.until(lambda s: not s.complete, 3.0)
+        await seen.until(lambda s: not s.complete, DEADLINE)
         consul.clear_requests()
         await anyio.sleep(2.0)
         tries = consul.request_count("/v1/catalog/services")
         # 2 s at delays of 0.1, 0.2, then 0.2-0.4 s: a handful, not a hot loop
         assert 3 <= tries <= 12, tries
         consul.clear_faults()
-        await seen.until(lambda s: s.complete, 3.0)
+        await seen.until(lambda s: s.complete, DEADLINE)
 
 
 async def test_consul_down_then_back_converges_without_restart(consul: ConsulDouble) -> None:
@@ -140,7 +140,7 @@ async def test_consul_down_then_back_converges_without_restart(consul: ConsulDou
     source = make_source(consul, metrics=metrics, wait=2, timeout=0.5)
     async with running(source) as seen:
         consul.stop()
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete while down")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete while down")
         # changes made while nobody could see them
         consul.deregister("db-1")
         consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG)
@@ -157,7 +157,7 @@ async def test_consul_down_then_back_converges_without_restart(consul: ConsulDou
                 and {k[1] for k in s.services} == {"web", "api"}
                 and set(ready(seen.endpoints("web"))) == {"10.1.0.99"}
             ),
-            3.0,
+            DEADLINE,
             "converged",
         )
 
@@ -168,9 +168,9 @@ async def test_error_logs_name_the_failure(consul: ConsulDouble) -> None:
         async with running(source) as seen:
             consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services")
             consul.bump_index()
-            await seen.until(lambda s: not s.complete, 3.0)
+            await seen.until(lambda s: not s.complete, DEADLINE)
             consul.clear_faults()
-            await seen.until(lambda s: s.complete, 3.0)
+            await seen.until(lambda s: s.complete, DEADLINE)
     assert any("No cluster leader" in line and "catalog/services" in line for line in lines)
     assert any("reads Consul again" in line for line in lines)
 
@@ -191,7 +191,7 @@ async def test_catalog_watch_recovery_is_complete_only_after_its_sweep(
     async with running(source) as seen:
         consul.inject_fault("error", times=None, path_prefix="/v1/catalog/services")
         consul.bump_index()  # nothing changes; the watch's next read meets the fault
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete")
         # in place (no check moves): only the catalog, which cannot be read, would tell
         consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
@@ -203,7 +203,7 @@ async def test_catalog_watch_recovery_is_complete_only_after_its_sweep(
         def fresh(s: Any) -> bool:
             return {e.address for e in s.services[("network", "web")].endpoints} == {"10.1.0.99"}
 
-        await seen.until(lambda s: s.complete and fresh(s), 5.0, "recovered")
+        await seen.until(lambda s: s.complete and fresh(s), DEADLINE, "recovered")
         assert complete_but_stale(seen, start, fresh) == []
 
 
@@ -218,7 +218,7 @@ async def test_nodes_watch_recovery_is_complete_only_after_its_reads(
         assert "10.2.0.1" in ready(seen.endpoints("web"))
         consul.inject_fault("error", times=None, path_prefix="/v1/catalog/nodes")
         consul.add_node("node-c", "10.3.0.1")  # wakes the watch; its next read fails
-        await seen.until(lambda s: not s.complete, 3.0, "incomplete")
+        await seen.until(lambda s: not s.complete, DEADLINE, "incomplete")
         consul.add_node("node-b", "10.2.0.2")  # only the nodes table tells
         start = len(seen.snapshots)
         consul.clear_faults()
@@ -228,5 +228,5 @@ async def test_nodes_watch_recovery_is_complete_only_after_its_reads(
             endpoints = s.services[("network", "web")].endpoints
             return {e.address for e in endpoints} == {"10.1.0.11", "10.2.0.2"}
 
-        await seen.until(lambda s: s.complete and fresh(s), 5.0, "recovered")
+        await seen.until(lambda s: s.complete and fresh(s), DEADLINE, "recovered")
         assert complete_but_stale(seen, start, fresh) == []

@@ -16,7 +16,7 @@ import pytest
 from anyio.streams.tls import TLSListener
 
 from consul_sync import SourceError
-from tests.consul.helpers import make_source, running
+from tests.consul.helpers import DEADLINE, make_source, running
 from tests.consul.schemes import double_options_fixture, pki_fixture  # noqa: F401
 from tests.fakes.consul_double import ConsulDouble
 
@@ -93,7 +93,7 @@ async def test_unix_socket(consul: ConsulDouble, tmp_path: Path) -> None:
         async with running(source) as seen:
             assert seen.last.complete and seen.names() == {"web"}
             consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG)
-            await seen.until(lambda s: ("network", "api") in s.services, 1.0, "api")
+            await seen.until(lambda s: ("network", "api") in s.services, DEADLINE, "api")
     finally:
         server.close()
 
@@ -120,7 +120,7 @@ async def test_https_with_ca_and_server_name(consul: ConsulDouble, pki: Path) ->
         async with running(source) as seen:
             assert seen.last.complete and seen.names() == {"web"}
             consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG)
-            await seen.until(lambda s: ("network", "api") in s.services, 1.0, "api over https")
+            await seen.until(lambda s: ("network", "api") in s.services, DEADLINE, "api over https")
 
 
 async def test_https_verifies_the_certificate(consul: ConsulDouble, pki: Path) -> None:

@@ -11,13 +11,11 @@ import pytest
 
 from consul_sync.metrics import Metrics
 from consul_sync_consul.source import Consistency
-from tests.consul.helpers import make_source, ready, running
+from tests.consul.helpers import DEADLINE, make_source, ready, running
 from tests.fakes.consul_double import ConsulDouble
 
 pytestmark = pytest.mark.anyio
 
-#: Every change must reach the runtime within this (the issue's promise).
-LATENCY = 1.0
 TAG = ["kubernetes"]
 
 
@@ -50,7 +48,7 @@ async def test_registration_of_a_new_service(consul: ConsulDouble) -> None:
     async with running(make_source(consul.url)) as seen:
         consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: ("network", "api") in s.services, LATENCY, "api registered")
+        await seen.until(lambda s: ("network", "api") in s.services, DEADLINE, "api registered")
 
 
 async def test_new_instance_with_and_without_checks(consul: ConsulDouble) -> None:
@@ -58,23 +56,23 @@ async def test_new_instance_with_and_without_checks(consul: ConsulDouble) -> Non
     async with running(source) as seen:
         consul.register("web", service_id="web-3", address="10.1.0.13", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: len(seen.endpoints("web")) == 3, LATENCY, "web-3")
+        await seen.until(lambda s: len(seen.endpoints("web")) == 3, DEADLINE, "web-3")
         # An instance without checks changes neither the catalog body nor any
         # check: only the catalog index moves, and the instance scan finds it.
         sweeps = source.sweeps
         consul.register("plain", service_id="plain-2", address="10.1.0.41", port=9000, tags=TAG)
-        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, LATENCY, "plain-2")
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, DEADLINE, "plain-2")
         assert source.sweeps == sweeps
 
 
 async def test_deregistration_of_an_instance_and_of_a_service(consul: ConsulDouble) -> None:
     async with running(make_source(consul.url)) as seen:
         consul.deregister("web-2")
-        await seen.until(lambda s: len(seen.endpoints("web")) == 1, LATENCY, "web-2 gone")
+        await seen.until(lambda s: len(seen.endpoints("web")) == 1, DEADLINE, "web-2 gone")
         consul.deregister("db-1")
-        await seen.until(lambda s: ("network", "db") not in s.services, LATENCY, "db gone")
+        await seen.until(lambda s: ("network", "db") not in s.services, DEADLINE, "db gone")
         consul.deregister("plain-1")
-        await seen.until(lambda s: ("network", "plain") not in s.services, LATENCY, "plain gone")
+        await seen.until(lambda s: ("network", "plain") not in s.services, DEADLINE, "plain gone")
         assert seen.last.complete
 
 
@@ -82,14 +80,14 @@ async def test_tag_added_and_removed(consul: ConsulDouble) -> None:
     async with running(make_source(consul.url)) as seen:
         consul.register("cache", service_id="cache-1", address="10.1.0.30", port=6379, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: ("network", "cache") in s.services, LATENCY, "cache tagged")
+        await seen.until(lambda s: ("network", "cache") in s.services, DEADLINE, "cache tagged")
         consul.register("db", service_id="db-1", address="10.1.0.20", port=5432, tags=["x"],
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: ("network", "db") not in s.services, LATENCY, "db untagged")
+        await seen.until(lambda s: ("network", "db") not in s.services, DEADLINE, "db untagged")
         # one instance of two loses the tag: the union still has it
         consul.register("web", service_id="web-2", address="10.1.0.12", port=8080,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: len(seen.endpoints("web")) == 1, LATENCY, "web-2 untagged")
+        await seen.until(lambda s: len(seen.endpoints("web")) == 1, DEADLINE, "web-2 untagged")
 
 
 async def test_address_port_and_meta_change_in_place(consul: ConsulDouble) -> None:
@@ -97,16 +95,16 @@ async def test_address_port_and_meta_change_in_place(consul: ConsulDouble) -> No
         consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
         await seen.until(
-            lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "web-1 address"
+            lambda s: "10.1.0.99" in ready(seen.endpoints("web")), DEADLINE, "web-1 address"
         )
         consul.register("plain", service_id="plain-1", address="10.1.0.40", port=9001, tags=TAG)
         await seen.until(
-            lambda s: s.services[("network", "plain")].ports[0].port == 9001, LATENCY, "port"
+            lambda s: s.services[("network", "plain")].ports[0].port == 9001, DEADLINE, "port"
         )
         consul.register("plain", service_id="plain-1", address="10.1.0.40", port=9001, tags=TAG,
                         meta={"k8s-port-name": "grpc", "k8s-app-protocol": "grpc"})  # fmt: skip
         await seen.until(
-            lambda s: s.services[("network", "plain")].ports[0].name == "grpc", LATENCY, "meta"
+            lambda s: s.services[("network", "plain")].ports[0].name == "grpc", DEADLINE, "meta"
         )
         assert s_port(seen.last, "plain").app_protocol == "grpc"
 
@@ -120,7 +118,7 @@ async def test_per_instance_ports_ipv6_and_hostnames(consul: ConsulDouble) -> No
         consul.register("nas", service_id="nas-1", address="fd00:10::5", port=5000, tags=TAG)
         consul.register("nas", service_id="nas-2", address="nas.home.arpa", port=5001, tags=TAG)
         consul.register("nas", service_id="nas-3", address="", port=5000, tags=TAG)
-        await seen.until(lambda s: len(seen.endpoints("nas")) == 3, LATENCY, "nas")
+        await seen.until(lambda s: len(seen.endpoints("nas")) == 3, DEADLINE, "nas")
         endpoints = {e.address: e.port for e in seen.endpoints("nas")}
         # the node's address for an instance without one; its own port when it differs
         assert endpoints == {"fd00:10::5": None, "nas.home.arpa": 5001, "127.0.0.1": None}
@@ -131,26 +129,26 @@ async def test_health_flips(consul: ConsulDouble) -> None:
     async with running(make_source(consul.url)) as seen:
         consul.set_check("service:web-1", "critical")
         await seen.until(
-            lambda s: ready(seen.endpoints("web"))["10.1.0.11"] is False, LATENCY, "critical"
+            lambda s: ready(seen.endpoints("web"))["10.1.0.11"] is False, DEADLINE, "critical"
         )
         (critical,) = [e for e in seen.endpoints("web") if e.address == "10.1.0.11"]
         assert not critical.serving
         consul.set_check("service:web-1", "warning")
         await seen.until(
             lambda s: any(e.serving and not e.ready for e in seen.endpoints("web")),
-            LATENCY,
+            DEADLINE,
             "warning: serving, not ready",
         )
         consul.set_check("service:web-1", "passing")
         await seen.until(
-            lambda s: all(ready(seen.endpoints("web")).values()), LATENCY, "passing again"
+            lambda s: all(ready(seen.endpoints("web")).values()), DEADLINE, "passing again"
         )
 
 
 async def test_unhealthy_instances_omitted_when_asked(consul: ConsulDouble) -> None:
     async with running(make_source(consul.url, include_unhealthy=False)) as seen:
         consul.set_check("service:web-1", "critical")
-        await seen.until(lambda s: len(seen.endpoints("web")) == 1, LATENCY, "web-1 omitted")
+        await seen.until(lambda s: len(seen.endpoints("web")) == 1, DEADLINE, "web-1 omitted")
 
 
 async def test_service_maintenance(consul: ConsulDouble) -> None:
@@ -158,12 +156,12 @@ async def test_service_maintenance(consul: ConsulDouble) -> None:
         consul.service_maintenance("web-1", True, "upgrading")
         await seen.until(
             lambda s: ready(seen.endpoints("web")) == {"10.1.0.11": False, "10.1.0.12": True},
-            LATENCY,
+            DEADLINE,
             "web-1 in maintenance",
         )
         consul.service_maintenance("web-1", False)
         await seen.until(
-            lambda s: all(ready(seen.endpoints("web")).values()), LATENCY, "maintenance over"
+            lambda s: all(ready(seen.endpoints("web")).values()), DEADLINE, "maintenance over"
         )
 
 
@@ -175,20 +173,20 @@ async def test_node_health_and_node_maintenance(consul: ConsulDouble) -> None:
         assert ready(seen.endpoints("web"))["10.2.0.1"] is True
         consul.set_check("serfHealth", "critical", node="node-b")
         await seen.until(
-            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is False, LATENCY, "node down"
+            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is False, DEADLINE, "node down"
         )
         assert ready(seen.endpoints("web"))["10.1.0.11"] is True  # other node unaffected
         consul.set_check("serfHealth", "passing", node="node-b")
         await seen.until(
-            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is True, LATENCY, "node up"
+            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is True, DEADLINE, "node up"
         )
         consul.node_maintenance(True, "kernel patching", node="node-b")
         await seen.until(
-            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is False, LATENCY, "node maint"
+            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is False, DEADLINE, "node maint"
         )
         consul.node_maintenance(False, node="node-b")
         await seen.until(
-            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is True, LATENCY, "maint over"
+            lambda s: ready(seen.endpoints("web"))["10.2.0.1"] is True, DEADLINE, "maint over"
         )
 
 
@@ -244,20 +242,20 @@ async def test_index_going_backwards_resets_to_zero(consul: ConsulDouble) -> Non
     async with running(source) as seen:
         shift.offset = 0  # the agent's index is now far below ours
         consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG)
-        await seen.until(lambda s: ("network", "api") in s.services, LATENCY, "api")
+        await seen.until(lambda s: ("network", "api") in s.services, DEADLINE, "api")
         catalog = [u for u in shift.sent if u.path == "/v1/catalog/services"]
         # after the smaller index came back, the next read was a plain read (no index)
         assert any("index" not in u.params for u in catalog[2:]), catalog
         # and blocking resumed at the agent's real index: the next change is prompt
         consul.register("api2", service_id="api2-1", address="10.1.0.51", port=80, tags=TAG)
-        await seen.until(lambda s: ("network", "api2") in s.services, LATENCY, "api2")
+        await seen.until(lambda s: ("network", "api2") in s.services, DEADLINE, "api2")
 
 
 async def test_index_zero_is_never_sent_and_waits_are_bounded(consul: ConsulDouble) -> None:
     shift = IndexShift(0)
     async with running(make_source(consul.url, transport=shift, wait=30)) as seen:
         consul.set_check("service:web-1", "critical")
-        await seen.until(lambda s: not all(ready(seen.endpoints("web")).values()), LATENCY)
+        await seen.until(lambda s: not all(ready(seen.endpoints("web")).values()), DEADLINE)
     blocking = [u for u in shift.sent if "wait" in u.params]
     assert blocking, "no blocking query was made"
     assert all(int(u.params["index"]) > 0 for u in blocking)
@@ -315,13 +313,13 @@ async def test_in_place_address_port_and_meta_change_without_a_sweep(
         sweeps, scans, reads = source.sweeps, source.scans, service_reads(consul)
         consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "addr")
+        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), DEADLINE, "addr")
         consul.register("db", service_id="db-1", address="10.1.0.20", port=5433, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: s_port(s, "db").port == 5433, LATENCY, "port")
+        await seen.until(lambda s: s_port(s, "db").port == 5433, DEADLINE, "port")
         consul.register("db", service_id="db-1", address="10.1.0.20", port=5433, tags=TAG,
                         status="passing", meta={"k8s-port-name": "pg"})  # fmt: skip
-        await seen.until(lambda s: s_port(s, "db").name == "pg", LATENCY, "meta")
+        await seen.until(lambda s: s_port(s, "db").name == "pg", DEADLINE, "meta")
         assert source.sweeps == sweeps
         assert source.scans >= scans + 3
         # only the services that changed were read (not every tagged one each time)
@@ -335,14 +333,14 @@ async def test_unchecked_instance_appearing_and_vanishing_without_a_sweep(
     async with running(source) as seen:
         sweeps, reads = source.sweeps, service_reads(consul)
         consul.register("plain", service_id="plain-2", address="10.1.0.41", port=9000, tags=TAG)
-        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, LATENCY, "plain-2 came")
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, DEADLINE, "plain-2 came")
         consul.deregister("plain-2")
-        await seen.until(lambda s: len(seen.endpoints("plain")) == 1, LATENCY, "plain-2 went")
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 1, DEADLINE, "plain-2 went")
         # an instance (of two) that loses the tag in place
         consul.register("plain", service_id="plain-3", address="10.1.0.42", port=9000, tags=TAG)
-        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, LATENCY, "plain-3 came")
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 2, DEADLINE, "plain-3 came")
         consul.register("plain", service_id="plain-3", address="10.1.0.42", port=9000)
-        await seen.until(lambda s: len(seen.endpoints("plain")) == 1, LATENCY, "plain-3 untagged")
+        await seen.until(lambda s: len(seen.endpoints("plain")) == 1, DEADLINE, "plain-3 untagged")
         assert source.sweeps == sweeps
         assert service_reads(consul) - reads <= 6
 
@@ -353,7 +351,7 @@ async def test_untagged_change_in_place_reads_nothing(consul: ConsulDouble) -> N
         sweeps, scans, reads = source.sweeps, source.scans, service_reads(consul)
         consul.register("cache", service_id="cache-1", address="10.1.0.31", port=6379,
                         status="passing")  # fmt: skip
-        with anyio.fail_after(3):
+        with anyio.fail_after(DEADLINE):
             while source.scans == scans:
                 await anyio.sleep(0.02)
         await anyio.sleep(0.1)
@@ -378,7 +376,7 @@ async def test_node_address_change_without_a_sweep(consul: ConsulDouble) -> None
         await seen.until(
             lambda s: ready(seen.endpoints("web")) == {"10.1.0.11": True, "10.1.0.12": True,
                                                       "10.2.0.2": True},
-            LATENCY,
+            DEADLINE,
             "web-b at the node's new address",
         )  # fmt: skip
         assert source.sweeps == sweeps
@@ -396,7 +394,7 @@ async def test_without_node_services_in_place_changes_fall_back_to_a_sweep(
         sweeps = source.sweeps
         consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "addr")
+        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), DEADLINE, "addr")
         assert source.sweeps > sweeps
         assert source.scans == 0
 
@@ -407,7 +405,7 @@ async def test_a_budget_of_three_has_no_nodes_watch(consul: ConsulDouble) -> Non
     async with running(source) as seen:
         consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
                         status="passing")  # fmt: skip
-        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), LATENCY, "addr")
+        await seen.until(lambda s: "10.1.0.99" in ready(seen.endpoints("web")), DEADLINE, "addr")
     assert consul.request_count("/v1/catalog/nodes") >= 1  # the scan's, never blocking
     assert all("index" not in r.query for r in consul.requests if r.path == "/v1/catalog/nodes")
     assert consul.peak_connections <= 3
@@ -427,7 +425,7 @@ async def test_a_rename_is_published_whole(consul: ConsulDouble) -> None:
                         status="passing")  # fmt: skip
         await seen.until(
             lambda s: ("network", "Api") in s.services and ("network", "api") not in s.services,
-            LATENCY,
+            DEADLINE,
             "the rename",
         )
         for snapshot in seen.snapshots[first:]:

@@ -1,0 +1,89 @@
+"""In-place change detection as pure functions: which services an instance
+scan (or a read of every tagged check) says to read again."""
+
+from __future__ import annotations
+
+from consul_sync_consul import parse
+from consul_sync_consul.explain import ReadMemory, membership_changes, moved, moved_names
+from consul_sync_consul.watch import CatalogWatch
+
+WEB1, WEB2 = ("node-a", "web-1"), ("node-a", "web-2")
+
+
+def test_an_instance_modified_after_the_last_read_has_moved() -> None:
+    scan: parse.Instances = {"web": {WEB1: 120}}
+    assert moved("web", scan, None, {"web": 100}, {"web": frozenset({WEB1})})
+    # the same ModifyIndex as the read, or older: nothing new
+    assert not moved("web", scan, None, {"web": 120}, {"web": frozenset({WEB1})})
+    assert not moved("web", scan, None, {"web": 130}, {"web": frozenset({WEB1})})
+
+
+def test_a_new_instance_is_found_by_its_index() -> None:
+    scan: parse.Instances = {"web": {WEB1: 90, WEB2: 140}}
+    assert moved("web", scan, None, {"web": 100}, {"web": frozenset({WEB1})})
+
+
+def test_an_instance_the_last_read_gave_that_is_gone_has_moved() -> None:
+    # deregistered, or lost the tag: absent from the scan of tagged instances
+    scan: parse.Instances = {"web": {WEB1: 90}}
+    assert moved("web", scan, None, {"web": 100}, {"web": frozenset({WEB1, WEB2})})
+    # every instance gone: the service is absent from the scan altogether
+    assert moved("web", {}, None, {"web": 100}, {"web": frozenset({WEB1})})
+
+
+def test_a_difference_from_the_previous_scan_counts_without_a_read_index() -> None:
+    # never read (no index): only a change between two scans says it moved
+    scan: parse.Instances = {"plain": {WEB1: 90}}
+    assert not moved("plain", scan, None, {}, {})
+    assert not moved("plain", scan, {"plain": {WEB1: 90}}, {}, {})
+    assert moved("plain", scan, {"plain": {WEB1: 80}}, {}, {})
+    assert moved("plain", scan, {}, {}, {})
+
+
+def test_moved_names_reads_only_the_names_that_moved() -> None:
+    scan: parse.Instances = {"web": {WEB1: 120}, "db": {("node-a", "db-1"): 50}}
+    read_index = {"web": 100, "db": 100}
+    members = {"web": frozenset({WEB1}), "db": frozenset({("node-a", "db-1")})}
+    assert moved_names({"web", "db"}, scan, None, read_index, members) == {"web"}
+    assert moved_names(set(), scan, None, read_index, members) == set()
+
+
+def test_membership_changes_compare_instances_with_checks() -> None:
+    before = {"web": frozenset({WEB1}), "db": frozenset({("node-a", "db-1")})}
+    now = {"web": frozenset({WEB1, WEB2}), "db": frozenset({("node-a", "db-1")})}
+    assert membership_changes({"web", "db"}, now, before) == {"web"}
+    # an untagged name is never read; a tagged one whose checks all went is
+    assert membership_changes({"db"}, now, before) == set()
+    assert membership_changes({"web", "db"}, {"web": now["web"]}, before) == {"web", "db"}
+
+
+def test_read_memory_keeps_what_each_read_returned() -> None:
+    checked = parse.Entry(
+        "web", "web-1", "node-a", "10.0.0.11", 80, service_checks=(("c", "passing"),)
+    )
+    unchecked = parse.Entry("web", "web-2", "node-a", "10.0.0.12", 80)
+    memory = ReadMemory()
+    memory.remember("web", 100, (checked, unchecked))
+    assert memory.index == {"web": 100} and list(memory.indexes) == [100]
+    assert memory.members == {"web": frozenset({WEB1, WEB2})}
+    assert memory.checked == {"web": frozenset({WEB1})}
+    memory.remember("web", None, ())  # no index: the last one stays
+    assert memory.index == {"web": 100} and memory.members == {"web": frozenset()}
+    memory.forget("web")
+    assert not memory.index and not memory.members and not memory.checked
+
+
+def test_catalog_watch_takes_an_answer_when_something_moved() -> None:
+    watch = CatalogWatch()
+    first = watch.answer(0, 10, token=0, failed=False, known=False, empty=False)
+    assert first is not None and first.full and not first.recovery
+    # the same index, nothing failed, the same token: nothing to take
+    assert watch.answer(10, 10, token=0, failed=False, known=True, empty=False) is None
+    moved_on = watch.answer(10, 11, token=0, failed=False, known=True, empty=False)
+    assert moved_on is not None and not moved_on.full
+    # an index that went backwards is a recovery: every tagged service is read
+    back = watch.answer(11, 5, token=0, failed=False, known=True, empty=False)
+    assert back is not None and back.full and back.recovery
+    # a new token: everything again
+    token = watch.answer(5, 5, token=1, failed=False, known=True, empty=False)
+    assert token is not None and token.full and not token.recovery
