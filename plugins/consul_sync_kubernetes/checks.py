@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from consul_sync import checks
 from consul_sync.config import FieldProblem
 
-from .sink import KubernetesConfig
+from .config import KubernetesConfig
 
 
 def check_kubeconfig(

@@ -16,7 +16,7 @@ from consul_sync.plan import Plan, plan
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
 from consul_sync.testing import FakePlugin, FakeSource
-from consul_sync_kubernetes.client import KubeClient
+from consul_sync_kube.client import KubeClient
 from consul_sync_kubernetes.sink import KubernetesConfig, KubernetesSink
 from tests.fakes.k8s_double import KubeDouble
 

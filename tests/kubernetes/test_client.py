@@ -12,7 +12,8 @@ import pytest
 import yaml
 from kubernetes.config import incluster_config
 
-from consul_sync_kubernetes.client import KubeClient, Resource
+from consul_sync_kube.client import KubeClient
+from consul_sync_kube.resources import Resource
 from tests.fakes.k8s_double import KubeDouble
 
 from .helpers import NS, addresses, make_sink, service
