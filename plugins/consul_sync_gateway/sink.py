@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-import uuid
-import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -48,19 +44,41 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from consul_sync import Context, DesiredService, Duration, Observed, SinkError, setting
 from consul_sync.model import Action, Change, ServiceKey
+from consul_sync_kube.connect import connect
+from consul_sync_kube.errors import KubeError
+from consul_sync_kube.events import Events
+from consul_sync_kube.gather import gather
+from consul_sync_kube.informer import Informer
+from consul_sync_kube.metrics import PerRegistry
+from consul_sync_kube.objects import (
+    DEFAULT_INSTANCE,
+    FIELD_MANAGER,
+    MANAGED_BY,
+    MANAGER,
+    MINE,
+    NAME_ANNOTATION,
+    SOURCES_ANNOTATION,
+    Ownership,
+    meta,
+    uid,
+)
+from consul_sync_kube.resources import GATEWAY_GROUP, GATEWAY_VERSION, Resource
 
 from . import routes as rt
-from .client import GatewayClient, KubeError, Resource
-from .informer import Informer
+
+if TYPE_CHECKING:
+    from consul_sync_kube.client import KubeClient
 
 log = logging.getLogger("consul_sync.gateway")
+informer_log = logging.getLogger("consul_sync.gateway.informer")
 
-FIELD_MANAGER = "consul-sync"
-DEFAULT_INSTANCE = "consul-sync"
-SERVICE_SELECTOR = f"{rt.MANAGED_BY}={rt.MANAGER}"
+SERVICE_SELECTOR = f"{MANAGED_BY}={MANAGER}"
 #: The annotation the kubernetes sink writes on a Service whose Kubernetes
 #: name differs from the service's name.
-SERVICE_NAME_ANNOTATION = "consul-sync.io/name"
+SERVICE_NAME_ANNOTATION = NAME_ANNOTATION
+#: urllib3's own retries (three quick retries of a refused connection), as this sink's client
+#: always had; the kubernetes sink's client has none (``consul_sync_kube.client.NO_RETRIES``).
+URLLIB3_RETRIES = None
 ROUTE_RESOURCES = (Resource.HTTPROUTES, Resource.GRPCROUTES)
 MISSING_CRDS = (
     "the Gateway API is not installed (the API server does not serve "
@@ -136,10 +154,8 @@ class GatewayConfig:
                 raise ValueError("every gateways item needs a tag and a name")
 
 
-class GatewayMetrics:
-    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, GatewayMetrics]] = (
-        weakref.WeakKeyDictionary()
-    )
+class GatewayMetrics(PerRegistry):
+    """The gateway sink's own metrics, registered once per registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.httproutes = Gauge(
@@ -161,21 +177,6 @@ class GatewayMetrics:
             registry=registry,
         )
 
-    @classmethod
-    def of(cls, registry: CollectorRegistry) -> GatewayMetrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls._by_registry[registry] = cls(registry)
-        return metrics
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
-def _uid(obj: Mapping[str, Any]) -> str:
-    return str(_meta(obj).get("uid", ""))
-
 
 class GatewaySink:
     type_name: ClassVar[str] = "gateway"
@@ -190,8 +191,8 @@ class GatewaySink:
         self.context = context
         self.namespace = context.namespace
         self.concurrency = config.concurrency
-        self.owner = config.owner_id or f"{self.namespace}/{config.instance}"
-        self.adopt = self.owner == f"{self.namespace}/{DEFAULT_INSTANCE}"
+        self.ownership = Ownership.of(self.namespace, config.owner_id, config.instance)
+        self.owner, self.adopt = self.ownership.owner, self.ownership.adopt
         gateway_ns = config.gateway_namespace or self.namespace
         entries = config.gateways or (
             GatewayEntry(config.internal_tag, config.internal_gateway),
@@ -202,7 +203,7 @@ class GatewaySink:
             for e in entries
         )
         self.metrics = GatewayMetrics.of(context.metrics.registry)
-        self.client: GatewayClient | None = context.extras.get("gateway_client")
+        self.client: KubeClient | None = context.extras.get("gateway_client")
         self._own_client = self.client is None
         self._limiter = anyio.CapacityLimiter(config.concurrency)
         self.informers: dict[Resource, Informer] = {}
@@ -211,7 +212,7 @@ class GatewaySink:
         self._view: dict[ServiceKey, Observed] = {}
         self._writing: set[ServiceKey] = set()
         self._told: set[str] = set()
-        self._events_sent: dict[tuple[str, str], float] = {}
+        self.events = Events(self.namespace, config.event_interval, self.owner)
         self._pending_events: list[tuple[dict[str, Any], str, str]] = []
         self._status_seen: dict[tuple[str, str], str] = {}
         self._accepted_labels: dict[str, set[tuple[str, str]]] = {}
@@ -241,7 +242,7 @@ class GatewaySink:
         informers = self._informers(client)
         if fresh or not all(i.synced for i in informers.values()):
             try:
-                await _gather(partial(i.relist, self._limiter) for i in informers.values())
+                await gather(partial(i.relist, self._limiter) for i in informers.values())
             except KubeError as exc:
                 raise SinkError(f"cannot list {_what(exc)} in {self.namespace}: {exc}") from exc
         if not fresh and not self._closed:
@@ -299,25 +300,20 @@ class GatewaySink:
 
     # --- start-up ---------------------------------------------------------
 
-    async def _client(self) -> GatewayClient:
+    async def _client(self) -> KubeClient:
         if self.client is None:
             config = self.config
-            try:
-                self.client = await anyio.to_thread.run_sync(
-                    partial(
-                        GatewayClient.from_environment,
-                        kubeconfig=config.kubeconfig,
-                        context=config.context,
-                        pool_size=config.concurrency + 4,
-                    )
-                )
-            except Exception as exc:
-                raise SinkError(f"cannot configure the Kubernetes client: {exc}") from exc
+            self.client = await connect(
+                kubeconfig=config.kubeconfig,
+                context=config.context,
+                pool_size=config.concurrency + 4,
+                retries=URLLIB3_RETRIES,
+            )
         return self.client
 
-    async def _discover(self, client: GatewayClient) -> None:
+    async def _discover(self, client: KubeClient) -> None:
         try:
-            served = await self._call(client.served)
+            served = await self._call(partial(client.served, GATEWAY_GROUP, GATEWAY_VERSION))
         except KubeError as exc:
             raise SinkError(f"cannot ask the API server for the Gateway API: {exc}") from exc
         was = self.available
@@ -331,7 +327,7 @@ class GatewaySink:
                 extra={"sink": self.name},
             )
 
-    def _informers(self, client: GatewayClient) -> dict[Resource, Informer]:
+    def _informers(self, client: KubeClient) -> dict[Resource, Informer]:
         if not self.informers:
             for resource, selector in (
                 (Resource.HTTPROUTES, None),
@@ -346,6 +342,7 @@ class GatewaySink:
                     on_change=partial(self._changed, resource),
                     on_error=self._watch_error,
                     timeout_seconds=self.config.watch_timeout,
+                    logger=informer_log,
                 )
         return self.informers
 
@@ -371,17 +368,8 @@ class GatewaySink:
                 view[key] = Observed(key, True, service, service.sources)
         return view
 
-    def _classify(self, obj: Mapping[str, Any]) -> str:
-        if not rt.is_managed(obj):
-            return "foreign"
-        owner = rt.owner_of(obj)
-        if owner == self.owner:
-            return "mine"
-        return "legacy" if owner is None else "foreign"
-
     def _ours(self, obj: Mapping[str, Any]) -> bool:
-        kind = self._classify(obj)
-        return kind == "mine" or (kind == "legacy" and self.adopt)
+        return self.ownership.ours(obj)
 
     def _all_routes(self) -> list[tuple[Resource, dict[str, Any]]]:
         return [
@@ -393,7 +381,7 @@ class GatewaySink:
 
     def _route_entry(self, resource: Resource, obj: Mapping[str, Any]) -> ServiceKey:
         """The view key of one route of ours no longer wanted."""
-        return (self.namespace, f"{resource.plural}/{_meta(obj)['name']}")
+        return (self.namespace, f"{resource.plural}/{meta(obj)['name']}")
 
     def _route_of_entry(self, key: ServiceKey) -> tuple[Resource, dict[str, Any]] | None:
         """The route a :meth:`_route_entry` key stands for (``None``: not one)."""
@@ -411,9 +399,7 @@ class GatewaySink:
         if service is None or backend is None:
             return []
         names = {(r.plural, r.name) for r in self._wanted(service, backend)}
-        return [
-            (r, o) for r, o in self._routes_of(key) if (r.plural, _meta(o)["name"]) not in names
-        ]
+        return [(r, o) for r, o in self._routes_of(key) if (r.plural, meta(o)["name"]) not in names]
 
     def _routes_of(self, key: ServiceKey) -> list[tuple[Resource, dict[str, Any]]]:
         return [
@@ -428,7 +414,7 @@ class GatewaySink:
         if informer is None:
             return None
         for name, obj in informer.store.items():
-            annotations = _meta(obj).get("annotations") or {}
+            annotations = meta(obj).get("annotations") or {}
             if annotations.get(SERVICE_NAME_ANNOTATION, name) == key[1]:
                 return name
         return None
@@ -454,7 +440,7 @@ class GatewaySink:
         if entry is not None:
             if entry not in self._stale((self.namespace, rt.service_name_of(entry[1]))):
                 return None  # wanted again, or its service went (deleted with it)
-            sources = (_meta(entry[1]).get("annotations") or {}).get(rt.SOURCES_ANNOTATION)
+            sources = (meta(entry[1]).get("annotations") or {}).get(SOURCES_ANNOTATION)
             split = tuple(s for s in (sources or "").split(",") if s)
             return Observed(key, True, None, split, counted=False)
         if "/" in key[1]:
@@ -464,7 +450,7 @@ class GatewaySink:
         if service is None:
             if not mine:
                 return None
-            sources = (_meta(mine[0][1]).get("annotations") or {}).get(rt.SOURCES_ANNOTATION)
+            sources = (meta(mine[0][1]).get("annotations") or {}).get(SOURCES_ANNOTATION)
             known = tuple(s for s in (sources or "").split(",") if s) if sources else None
             return Observed(key, True, None, known)
         backend = self._backend(key)
@@ -476,7 +462,7 @@ class GatewaySink:
         names = {(r.plural, r.name) for r in wanted}
         # (a route it no longer wants is an entry of its own: the planner
         # deletes it, under the policy and the prune budget)
-        live = {(r.plural, _meta(o)["name"]): o for r, o in mine}
+        live = {(r.plural, meta(o)["name"]): o for r, o in mine}
         live = {which: obj for which, obj in live.items() if which in names}
         for route in wanted:
             obj = self.informers[_resource(route)].store.get(route.name)
@@ -489,7 +475,7 @@ class GatewaySink:
         done = set(live) == {(r.plural, r.name) for r in wanted} and not any(
             rt.differs(r, live[(r.plural, r.name)]) for r in wanted
         )
-        done = done and all(self._classify(o) == "mine" for o in live.values())
+        done = done and all(self.ownership.classify(o) == MINE for o in live.values())
         return Observed(key, True, service if done else None, service.sources)
 
     def _recompute(self, keys: Collection[ServiceKey] | None, *, external: bool = False) -> None:
@@ -547,9 +533,9 @@ class GatewaySink:
                 continue
             for route in self._wanted(service, self._backend(key)):
                 obj = self.informers[_resource(route)].store.get(route.name)
-                if obj is None or self._ours(obj) or _uid(obj) in self._conflicts_told:
+                if obj is None or self._ours(obj) or uid(obj) in self._conflicts_told:
                     continue
-                self._conflicts_told.add(_uid(obj))
+                self._conflicts_told.add(uid(obj))
                 message = (
                     f"{route.kind} {self.namespace}/{route.name} is wanted by consul-sync "
                     f"(owner {self.owner!r}) for service {key[1]!r} but was made by somebody "
@@ -561,7 +547,7 @@ class GatewaySink:
     # --- status -----------------------------------------------------------
 
     def _read_status(self, resource: Resource, obj: Mapping[str, Any]) -> None:
-        name = _meta(obj)["name"]
+        name = meta(obj)["name"]
         labels: set[tuple[str, str]] = set()
         for parent in (obj.get("status") or {}).get("parents") or []:
             ref = parent.get("parentRef") or {}
@@ -635,12 +621,13 @@ class GatewaySink:
         for route in wanted:
             informer = self.informers[_resource(route)]
             live = informer.store.get(route.name)
-            if rt.differs(route, live) or (live is not None and self._classify(live) != "mine"):
+            adopted = live is not None and self.ownership.classify(live) != MINE
+            if rt.differs(route, live) or adopted:
                 writes.append(route)
         for route in writes:
             resource = _resource(route)
             result = await self._call(
-                partial(client.apply, resource, route.body, field_manager=FIELD_MANAGER)
+                partial(client.apply, resource, route.body, field_manager=FIELD_MANAGER, force=True)
             )
             self.informers[resource].put(result)
         names = {(r.plural, r.name) for r in wanted}
@@ -649,7 +636,7 @@ class GatewaySink:
         stale = {
             self._route_entry(r, o)
             for r, o in self._routes_of(key)
-            if (r.plural, _meta(o)["name"]) not in names
+            if (r.plural, meta(o)["name"]) not in names
         }
         if stale:
             self.context.mark_dirty(stale)
@@ -658,15 +645,15 @@ class GatewaySink:
         assert self.client is not None
         client = self.client
         for resource, obj in items:
-            name, uid = _meta(obj)["name"], _uid(obj)
+            name, route_uid = meta(obj)["name"], uid(obj)
             try:
                 await self._call(
-                    partial(client.delete, resource, self.namespace, name, uid=uid or None)
+                    partial(client.delete, resource, self.namespace, name, uid=route_uid or None)
                 )
             except KubeError as exc:
                 if exc.status != 404:
                     raise
-            self.informers[resource].forget(name, uid or None)
+            self.informers[resource].forget(name, route_uid or None)
             self._forget_status(resource, name)
 
     def _sink_error(self, error: KubeError, change: Change) -> SinkError:
@@ -700,43 +687,15 @@ class GatewaySink:
             await self._event(obj, reason, message)
 
     async def _event(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
-        uid = _uid(obj)
-        now = time.monotonic()
-        last = self._events_sent.get((uid, reason))
-        if last is not None and now - last < self.config.event_interval:
+        """A Warning Event on route ``obj``, unless one was recorded lately."""
+        kind = obj.get("kind") or "HTTPRoute"
+        body = self.events.warning(obj, reason, message, api_version=rt.API_VERSION, kind=kind)
+        if body is None:
             return
-        self._events_sent[(uid, reason)] = now
-        meta = _meta(obj)
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
-                "namespace": self.namespace,
-            },
-            "involvedObject": {
-                "apiVersion": rt.API_VERSION,
-                "kind": obj.get("kind") or "HTTPRoute",
-                "name": meta["name"],
-                "namespace": self.namespace,
-                "uid": uid,
-                "resourceVersion": str(meta.get("resourceVersion", "")),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning",
-            "source": {"component": "consul-sync"},
-            "reportingComponent": "consul-sync",
-            "reportingInstance": self.owner,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
         assert self.client is not None
         client = self.client
         try:
-            await self._call(partial(client.create_event, body))
+            await self._call(partial(client.create, Resource.EVENTS, body))
         except KubeError as exc:
             log.debug("sink %s: cannot record an Event: %s", self.name, exc)
 
@@ -758,16 +717,3 @@ def _resource(route: rt.Route) -> Resource:
 
 def _what(error: KubeError) -> str:
     return error.resource.qualified if error.resource else "objects"
-
-
-async def _gather(calls: Any) -> None:
-    calls = list(calls)
-    try:
-        async with anyio.create_task_group() as tg:
-            for call in calls:
-                tg.start_soon(call)
-    except BaseExceptionGroup as group:
-        for exc in group.exceptions:
-            if isinstance(exc, KubeError):
-                raise exc from None
-        raise

@@ -44,6 +44,7 @@ import anyio.to_thread
 
 from consul_sync import Context, DesiredService, Observed, SinkError
 from consul_sync.model import Action, Change, ServiceKey, StatusNote
+from consul_sync_kube.connect import connect
 from consul_sync_kube.errors import KubeError, Outage, rbac_hint
 from consul_sync_kube.events import Events
 from consul_sync_kube.gather import gather
@@ -233,20 +234,12 @@ class KubernetesSink:
 
     async def _client(self) -> KubeClient:
         if self.client is None:
-            from consul_sync_kube.client import KubeClient
-
             config = self.config
-            try:
-                self.client = await anyio.to_thread.run_sync(
-                    partial(
-                        KubeClient.from_environment,
-                        kubeconfig=config.kubeconfig,
-                        context=config.context,
-                        pool_size=config.concurrency + 4,
-                    )
-                )
-            except Exception as exc:
-                raise SinkError(f"cannot configure the Kubernetes client: {exc}") from exc
+            self.client = await connect(
+                kubeconfig=config.kubeconfig,
+                context=config.context,
+                pool_size=config.concurrency + 4,
+            )
             self.client.listeners.append(self._count_request)
             log.info(
                 "sink %s: Kubernetes API via %s; writing to namespace %s as owner %r",

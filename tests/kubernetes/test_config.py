@@ -17,7 +17,7 @@ from consul_sync_kubernetes.sink import KubernetesConfig, KubernetesSink
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 #: the plugins' Kubernetes plumbing (client, informer), shared by the kubernetes and gateway sinks
-PACKAGES = ("consul_sync_kube", "consul_sync_kubernetes")
+PACKAGES = ("consul_sync_kube", "consul_sync_kubernetes", "consul_sync_gateway")
 
 
 def settings(environ: dict[str, str]) -> KubernetesConfig:
