@@ -12,7 +12,7 @@ from consul_sync import checks
 from consul_sync.config import FieldProblem
 from consul_sync_kube.connect import kubeconfig_problems
 
-from .sink import GatewayConfig
+from .config import GatewayConfig
 
 
 def check_gateway(config: GatewayConfig, environ: Mapping[str, str]) -> Iterator[FieldProblem]:
