@@ -143,7 +143,8 @@ def the_sink(app: App) -> KubernetesSink:
     return item
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (a generous deadline: a loaded machine is slow, not wrong)."""
     with anyio.fail_after(timeout):
         while not condition():
             await anyio.sleep(0.01)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,24 @@ def test_only_the_client_wrapper_imports_kubernetes() -> None:
             if any(m == "kubernetes" or m.startswith("kubernetes.") for m in modules):
                 importers.append(f"{path.parent.name}/{path.name}")
     assert sorted(set(importers)) == ["consul_sync_kube/client.py"]
+
+
+def test_loading_the_plugins_does_not_import_the_kubernetes_client() -> None:
+    # (cold start: ~0.3 s that `consul-sync --help` and a check-config without these sinks
+    # should not pay; the sinks import it when they make a client)
+    code = (
+        "import sys\n"
+        "from consul_sync.plugins import collect_types, make_plugin_manager\n"
+        "import consul_sync_kubernetes.plugin, consul_sync_gateway.plugin\n"
+        "registry = collect_types(make_plugin_manager(environ={}))\n"
+        "assert {'kubernetes', 'manifests', 'gateway'} <= set(registry.sinks)\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'kubernetes'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_resource_versions_compare_as_numbers_when_they_are() -> None:
