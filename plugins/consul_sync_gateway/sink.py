@@ -217,13 +217,7 @@ class GatewaySink:
 
     async def _client(self) -> KubeClient:
         if self.client is None:
-            config = self.config
-            self.client = await connect(
-                kubeconfig=config.kubeconfig,
-                context=config.context,
-                pool_size=config.concurrency + 4,
-                retries=URLLIB3_RETRIES,
-            )
+            self.client = await connect(self.config, retries=URLLIB3_RETRIES)
         return self.client
 
     async def _discover(self, client: KubeClient) -> None:

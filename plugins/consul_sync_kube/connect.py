@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio.to_thread
 
@@ -30,20 +30,30 @@ def kubeconfig_problems(
         yield FieldProblem("kubeconfig", str(exc))
 
 
-async def connect(
-    *, kubeconfig: str, context: str, pool_size: int, retries: bool | None = False
-) -> KubeClient:
-    """A client from the environment (:meth:`.client.KubeClient.from_environment`), made in
-    a worker thread (it reads files); any failure is a :class:`SinkError`."""
+class ClientSettings(Protocol):
+    """What a sink's settings say about its client."""
+
+    @property
+    def kubeconfig(self) -> str: ...
+    @property
+    def context(self) -> str: ...
+    @property
+    def concurrency(self) -> int: ...
+
+
+async def connect(settings: ClientSettings, *, retries: bool | None = False) -> KubeClient:
+    """A client from the environment (:meth:`.client.KubeClient.from_environment`) with a
+    connection per parallel write and a few for the watches, made in a worker thread (it
+    reads files); any failure is a :class:`SinkError`."""
     from .client import KubeClient  # (imports ``kubernetes``: only when a sink needs it)
 
     try:
         return await anyio.to_thread.run_sync(
             partial(
                 KubeClient.from_environment,
-                kubeconfig=kubeconfig,
-                context=context,
-                pool_size=pool_size,
+                kubeconfig=settings.kubeconfig,
+                context=settings.context,
+                pool_size=settings.concurrency + 4,
                 retries=retries,
             )
         )

@@ -234,12 +234,7 @@ class KubernetesSink:
 
     async def _client(self) -> KubeClient:
         if self.client is None:
-            config = self.config
-            self.client = await connect(
-                kubeconfig=config.kubeconfig,
-                context=config.context,
-                pool_size=config.concurrency + 4,
-            )
+            self.client = await connect(self.config)
             self.client.listeners.append(self._count_request)
             log.info(
                 "sink %s: Kubernetes API via %s; writing to namespace %s as owner %r",
