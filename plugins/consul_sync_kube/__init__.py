@@ -5,6 +5,7 @@ may not import each other; both import this).  Modules:
 
 * :mod:`.client` -- :class:`~.client.KubeClient`, the synchronous API wrapper (plain dicts);
   the only module that imports ``kubernetes``.
+* :mod:`.watch` -- one watch request's stream of events.
 * :mod:`.connect` -- the kubeconfig check, and making a client when a sink first needs one.
 * :mod:`.resources` -- :class:`~.resources.Resource`, the kinds the sinks touch.
 * :mod:`.errors` -- :class:`~.errors.KubeError`, outage logging, the RBAC hint of a 403.

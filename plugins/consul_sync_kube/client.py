@@ -16,10 +16,9 @@ pod, else a kubeconfig (``KUBECONFIG``, ``~/.kube/config``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client as k8s
@@ -30,6 +29,7 @@ from kubernetes.config import incluster_config
 
 from .errors import KubeError, retry_after_seconds
 from .resources import GATEWAY_VERSION, Resource
+from .watch import WatchStream
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -63,51 +63,6 @@ def _error(
             **where,  # type: ignore[arg-type]
         )
     return KubeError(0, f"{type(exc).__name__}: {exc}", **where)  # type: ignore[arg-type]
-
-
-class WatchStream:
-    """One watch request: iterate to get its events (dicts with ``type`` and
-    ``object``) until the server ends it, or :meth:`batches` to get them as
-    they arrived together; :meth:`close` from any thread stops the
-    iteration."""
-
-    def __init__(self, response: Any, describe: Callable[[BaseException], KubeError]) -> None:
-        self._response = response
-        self._describe = describe
-        self._closed = False
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.batches():
-            yield from batch
-
-    def batches(self) -> Iterator[list[dict[str, Any]]]:
-        """The events, a list per read from the socket: every event complete
-        in what one read returned (a burst of our own writes' events comes
-        as a few reads, so whoever hands them on does so once per read, not
-        once per event)."""
-        buffer = b""
-        try:
-            for chunk in self._response.stream(None, decode_content=True):
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                batch = [json.loads(line) for line in lines if line.strip()]
-                if batch:
-                    yield batch
-            if buffer.strip():
-                yield [json.loads(buffer)]
-        except Exception as exc:
-            if self._closed:
-                return
-            raise self._describe(exc) from exc
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(Exception):
-            self._response.shutdown()
-        with contextlib.suppress(Exception):
-            self._response.release_conn()
 
 
 class KubeClient:

@@ -41,9 +41,10 @@ from consul_sync.backoff import Backoff
 from .errors import KubeError
 from .objects import uid as _uid
 from .resources import Resource
+from .watch import WatchStream
 
 if TYPE_CHECKING:  # (the client module imports ``kubernetes``: only when a sink makes one)
-    from .client import KubeClient, WatchStream
+    from .client import KubeClient
 
 log = logging.getLogger("consul_sync.kubernetes.informer")
 
