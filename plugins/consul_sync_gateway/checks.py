@@ -10,8 +10,9 @@ from collections.abc import Iterator, Mapping
 
 from consul_sync import checks
 from consul_sync.config import FieldProblem
+from consul_sync_kube.connect import kubeconfig_problems
 
-from .sink import GatewayConfig
+from .config import GatewayConfig
 
 
 def check_gateway(config: GatewayConfig, environ: Mapping[str, str]) -> Iterator[FieldProblem]:
@@ -34,9 +35,4 @@ def check_gateway(config: GatewayConfig, environ: Mapping[str, str]) -> Iterator
             yield FieldProblem("gateway_namespace", str(exc))
     if config.output == "-":  # prints YAML: no cluster
         return
-    try:
-        checks.kubeconfig_in_use(config.kubeconfig, config.context, environ)
-    except checks.ContextProblem as exc:
-        yield FieldProblem("context", str(exc))
-    except ValueError as exc:
-        yield FieldProblem("kubeconfig", str(exc))
+    yield from kubeconfig_problems(config.kubeconfig, config.context, environ)

@@ -29,14 +29,18 @@ from typing import Any
 import attrs
 
 from consul_sync.model import DesiredService
+from consul_sync_kube.names import sanitize
+from consul_sync_kube.objects import (
+    MANAGED_BY,
+    MANAGER,
+    NAME_LABEL,
+    OWNER_ANNOTATION,
+    SOURCES_ANNOTATION,
+)
+from consul_sync_kube.resources import GATEWAY_GROUP, GATEWAY_VERSION
 
-API_VERSION = "gateway.networking.k8s.io/v1"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-NAME_LABEL = "app.kubernetes.io/name"
-MANAGER = "consul-sync"
-OWNER_ANNOTATION = "consul-sync.io/owner"
+API_VERSION = f"{GATEWAY_GROUP}/{GATEWAY_VERSION}"
 SERVICE_ANNOTATION = "consul-sync.io/service"
-SOURCES_ANNOTATION = "consul-sync.io/sources"
 
 META_HOSTNAMES = "gateway-hostnames"
 META_PATH = "gateway-path"
@@ -47,7 +51,6 @@ MAX_HOSTNAMES = 16
 
 #: The pattern of ``spec.hostnames`` items in the Gateway API CRDs.
 HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 @attrs.frozen
@@ -83,25 +86,10 @@ class Rendered:
 def backend_name(name: str) -> str:
     """The Kubernetes Service name the kubernetes sink gives service ``name``
     when nothing better is known (``render``; the live sink reads the real
-    name from the Service it watches).
-
-    The one place this plugin depends on the kubernetes sink's naming
-    (plugins do not import each other): a valid DNS-1035 name is kept;
-    others are lowercased and cleaned like ``consul_sync_kubernetes.render.
-    sanitize`` does (collisions between sanitised names, which that sink
-    resolves with a hash suffix, are not known here).
-    """
-    if len(name) <= 63 and _DNS1035.fullmatch(name):
-        return name
-    text = re.sub(r"[^a-z0-9-]+", "-", name.lower())
-    text = re.sub(r"-{2,}", "-", text).strip("-")
-    text = re.sub(r"^[^a-z]+", "", text)
-    digest = hashlib.sha256(name.encode()).hexdigest()[:5]
-    if not text:
-        text = "svc-" + digest
-    if len(text) > 63:
-        text = text[:57].rstrip("-") + "-" + digest
-    return text
+    name from the Service it watches): :func:`consul_sync_kube.names.sanitize`,
+    the rule that sink names by (collisions between sanitised names, which that
+    sink resolves with a hash suffix, are not known here)."""
+    return sanitize(name)
 
 
 def route_name(backend: str, gateway: str) -> str:
@@ -290,14 +278,6 @@ def differs(want: Route, live: Mapping[str, Any] | None) -> bool:
     return defaulted_spec(want.kind, want.body["spec"]) != defaulted_spec(
         want.kind, {k: live_spec.get(k) for k in ("hostnames", "parentRefs", "rules")}
     )
-
-
-def owner_of(obj: Mapping[str, Any]) -> str | None:
-    return ((obj.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION)
-
-
-def is_managed(obj: Mapping[str, Any]) -> bool:
-    return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == MANAGER
 
 
 def service_name_of(obj: Mapping[str, Any]) -> str:

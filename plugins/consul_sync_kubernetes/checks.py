@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from consul_sync import checks
 from consul_sync.config import FieldProblem
+from consul_sync_kube.connect import kubeconfig_problems
 
-from .sink import KubernetesConfig
+from .config import KubernetesConfig
 
 
 def check_kubeconfig(
     config: KubernetesConfig, environ: Mapping[str, str]
 ) -> Iterator[FieldProblem]:
-    try:
-        checks.kubeconfig_in_use(config.kubeconfig, config.context, environ)
-    except checks.ContextProblem as exc:
-        yield FieldProblem("context", str(exc))
-    except ValueError as exc:
-        yield FieldProblem("kubeconfig", str(exc))
+    yield from kubeconfig_problems(config.kubeconfig, config.context, environ)

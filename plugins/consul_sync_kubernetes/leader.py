@@ -26,14 +26,18 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from .client import KubeClient, KubeError, Resource
+from consul_sync_kube.errors import KubeError
+from consul_sync_kube.resources import Resource
+
+if TYPE_CHECKING:
+    from consul_sync_kube.client import KubeClient
 
 log = logging.getLogger("consul_sync.kubernetes.leader")
 

@@ -24,19 +24,11 @@ import yaml
 from consul_sync import Context, DesiredService, Observed, setting
 from consul_sync.errors import SinkError
 from consul_sync.model import Action, Change, ServiceKey, StatusNote
+from consul_sync_kube.objects import MANAGER, is_managed, owner_of
 
-from .render import (
-    DEFAULT_MAX_PER_SLICE,
-    MANAGER,
-    SERVICE_NAME_LABEL,
-    NameBook,
-    is_managed,
-    name_notes,
-    owner_of,
-    parse,
-    render_named,
-    service_key,
-)
+from .compare import parse
+from .naming import NameBook, name_notes, service_key
+from .render import DEFAULT_MAX_PER_SLICE, SERVICE_NAME_LABEL, render_named
 
 log = logging.getLogger("consul_sync.manifests")
 

@@ -6,17 +6,17 @@ import anyio
 import pytest
 
 from tests.fakes.k8s_double import KubeDouble
-from tests.kubernetes.helpers import service, source, until
+from tests.kubernetes.helpers import NS, kube_app, service, source, until
 from tests.kubernetes.test_deploy import base
 
-from .helpers import NS, gateway_app, routes
+from .helpers import routes
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_the_role_grants_the_gateway_sinks_requests() -> None:
     with KubeDouble(gateway_api=True) as kube:
-        app = gateway_app(kube)
+        app = kube_app(kube, gateway={})
         grpc = service("vault", "10.0.0.3", tags=["internal"], app_protocol="grpc")
         async with anyio.create_task_group() as tg:
             await tg.start(app.runtime.run)

@@ -10,9 +10,9 @@ import pytest
 
 from consul_sync.cli import App
 from tests.fakes.k8s_double import KubeDouble
-from tests.kubernetes.helpers import service, source, until, writes
+from tests.kubernetes.helpers import NS, kube_app, service, source, until, writes
 
-from .helpers import NS, ROUTES, gateway_app, gateway_sink, metric, routes
+from .helpers import ROUTES, gateway_sink, metric, routes
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ def kube() -> Iterator[KubeDouble]:
 
 @pytest.fixture
 async def app(kube: KubeDouble) -> AsyncIterator[App]:
-    application = gateway_app(kube)
+    application = kube_app(kube, gateway={})
     async with anyio.create_task_group() as tg:
         await tg.start(application.runtime.run)
         yield application
@@ -74,7 +74,7 @@ async def test_tag_added_route_created_removed_deleted_both_tags_two(
 
 
 async def test_upsert_only_keeps_the_route_of_a_removed_tag(kube: KubeDouble) -> None:
-    app = gateway_app(kube, policy="upsert-only")
+    app = kube_app(kube, gateway={}, policy="upsert-only")
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
         await source(app).push([plex(tags=["internal", "external"])])
@@ -139,7 +139,7 @@ async def test_no_domain_suffix_one_warning_naming_the_fix(
     kube: KubeDouble, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    app = gateway_app(kube, gateway={"domain_suffix": ""})
+    app = kube_app(kube, gateway={"domain_suffix": ""})
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
         await source(app).push([plex(tags=["internal"])])
@@ -163,7 +163,7 @@ async def test_foreign_route_is_left_alone_with_a_conflict_event(kube: KubeDoubl
         },
         manager="kubectl",
     )
-    app = gateway_app(kube)
+    app = kube_app(kube, gateway={})
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
         await source(app).push([plex(tags=["internal"])])
@@ -197,7 +197,7 @@ async def test_route_of_the_go_version_is_adopted(kube: KubeDouble) -> None:
         },
     }
     uid = kube.apply("httproutes", go_route, manager="consul-sync", force=True)["metadata"]["uid"]
-    app = gateway_app(kube)
+    app = kube_app(kube, gateway={})
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)
         await source(app).push([plex(tags=["internal"])])
@@ -219,7 +219,7 @@ async def test_without_the_crds_ready_with_a_note_and_checked_again_at_resync(
 ) -> None:
     caplog.set_level(logging.WARNING)
     with KubeDouble() as kube:
-        app = gateway_app(kube)
+        app = kube_app(kube, gateway={})
         async with anyio.create_task_group() as tg:
             await tg.start(app.runtime.run)
             await source(app).push([plex(tags=["internal"])])
@@ -294,7 +294,7 @@ async def test_route_follows_the_services_kubernetes_name(kube: KubeDouble, app:
 
 
 async def test_plan_shows_the_routes_to_make(kube: KubeDouble) -> None:
-    app = gateway_app(kube)
+    app = kube_app(kube, gateway={})
     source(app).services = {s.key: s for s in [plex(tags=["internal"])]}
     kube.create(
         "services",
@@ -314,7 +314,7 @@ async def test_plan_shows_the_routes_to_make(kube: KubeDouble) -> None:
 async def test_routes_of_a_removed_tag_go_through_the_prune_budget(kube: KubeDouble) -> None:
     """A route a service no longer wants is deleted by the planner: a mass
     tag removal (a mistyped INTERNAL_TAG, say) is held, not applied."""
-    app = gateway_app(kube)
+    app = kube_app(kube, gateway={})
     tagged = [service(f"s{i}", f"10.0.0.{i}", tags=["internal"]) for i in range(8)]
     async with anyio.create_task_group() as tg:
         await tg.start(app.runtime.run)

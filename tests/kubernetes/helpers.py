@@ -16,7 +16,7 @@ from consul_sync.plan import Plan, plan
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
 from consul_sync.testing import FakePlugin, FakeSource
-from consul_sync_kubernetes.client import KubeClient
+from consul_sync_kube.client import KubeClient
 from consul_sync_kubernetes.sink import KubernetesConfig, KubernetesSink
 from tests.fakes.k8s_double import KubeDouble
 
@@ -97,11 +97,25 @@ def make_sink(kube: KubeDouble, name: str = "kubernetes", **config: Any) -> Rig:
 
 
 def kube_app(
-    kube: KubeDouble, *, sink: dict[str, Any] | None = None, **global_settings: Any
+    kube: KubeDouble,
+    *,
+    sink: dict[str, Any] | None = None,
+    gateway: dict[str, Any] | None = None,
+    **global_settings: Any,
 ) -> App:
-    """A whole consul-sync: a fake source into the kubernetes sink on the double."""
+    """A whole consul-sync: a fake source into the kubernetes sink on the double (and, with
+    ``gateway`` settings, the gateway sink after it)."""
     pm = make_plugin_manager(plugins=[("fake", FakePlugin())], environ={})
     registry = collect_types(pm)
+    sinks: list[dict[str, Any]] = [
+        {"name": "kubernetes", "type": "kubernetes", "leader_elect": False, **(sink or {})}
+    ]
+    extras: dict[str, Any] = {"kubernetes_client": KubeClient.for_url(kube.url)}
+    if gateway is not None:
+        sinks.append(
+            {"name": "gateway", "type": "gateway", "domain_suffix": "example.test", **gateway}
+        )
+        extras["gateway_client"] = KubeClient.for_url(kube.url)
     raw = {
         "namespace": NS,
         "coalesce_window": "10ms",
@@ -109,13 +123,11 @@ def kube_app(
         "retry_max": "500ms",
         **global_settings,
         "sources": [{"name": "consul", "type": "fake"}],
-        "sinks": [
-            {"name": "kubernetes", "type": "kubernetes", "leader_elect": False, **(sink or {})}
-        ],
+        "sinks": sinks,
     }
     settings = load_settings(registry, raw=raw, environ={})
     metrics = Metrics()
-    context = Context(metrics=metrics, extras={"kubernetes_client": KubeClient.for_url(kube.url)})
+    context = Context(metrics=metrics, extras=extras)
     return build_app(settings, pm, registry, metrics=metrics, context=context)
 
 
@@ -131,7 +143,8 @@ def the_sink(app: App) -> KubernetesSink:
     return item
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (a generous deadline: a loaded machine is slow, not wrong)."""
     with anyio.fail_after(timeout):
         while not condition():
             await anyio.sleep(0.01)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from kubernetes.config import incluster_config
 
-from consul_sync_kubernetes.client import KubeClient, Resource
+from consul_sync_kube.client import KubeClient
+from consul_sync_kube.resources import Resource
 from tests.fakes.k8s_double import KubeDouble
 
 from .helpers import NS, addresses, make_sink, service
@@ -77,19 +78,27 @@ async def test_writes_run_in_worker_threads_behind_the_capacity_limiter(
     rig = make_sink(kube, concurrency=3)
     rig.sink.client = KubeClient.for_url(kube.url, token="s3cret")
     client = rig.sink.client
-    lock, in_flight, peak, threads = threading.Lock(), [0], [0], set()
+    changed = threading.Condition()
+    in_flight, peak, calls, threads = [0], [0], [0], set()
     create = client.create
 
     def slow_create(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        with lock:
+        with changed:
+            calls[0] += 1
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
             threads.add(threading.current_thread().name)
+            changed.notify_all()
+            # The Service and its first slice are written one after the other (one call);
+            # the other slices wait until the limiter has let three writes in at once, then
+            # stay a moment, so that a limiter letting more in would show.
+            if calls[0] > 2:
+                changed.wait_for(lambda: peak[0] >= 3, timeout=10.0)
         time.sleep(0.02)
         try:
             return create(*args, **kwargs)
         finally:
-            with lock:
+            with changed:
                 in_flight[0] -= 1
 
     client.create = slow_create  # type: ignore[method-assign]

@@ -9,8 +9,9 @@ from email.utils import format_datetime
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from consul_sync_kubernetes.client import KubeError, Resource, _error, retry_after_seconds
-from consul_sync_kubernetes.sink import rbac_hint
+from consul_sync_kube.client import _error
+from consul_sync_kube.errors import KubeError, rbac_hint, retry_after_seconds
+from consul_sync_kube.resources import Resource
 
 from .recordings import recording
 

@@ -12,6 +12,7 @@ from consul_sync.config import load_settings
 from consul_sync.metrics import Metrics
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.testing import FakePlugin
+from consul_sync_kubernetes import naming as n
 from consul_sync_kubernetes import render as r
 
 from .helpers import service, source
@@ -38,7 +39,7 @@ async def test_colliding_names_get_suffixes_when_run_by_the_runtime(tmp_path: Pa
         for p in sorted(tmp_path.glob("network.service.*.yaml"))
     ]
     # the valid name keeps its name; the one that had to be sanitised is suffixed
-    assert sorted(services) == ["web", r.suffixed("web", "Web")]
+    assert sorted(services) == ["web", n.suffixed("web", "Web")]
 
 
 def _files_app(tmp_path: Path, *sources: str):  # type: ignore[no-untyped-def]
@@ -78,5 +79,5 @@ async def test_a_change_of_case_keeps_the_file(tmp_path: Path) -> None:
     source(again).services = {s.key: s for s in [service("Web", "10.0.0.1")]}
     assert (await again.runtime.run_once()).ok
     obj = yaml.safe_load((tmp_path / "network.service.web.yaml").read_text())
-    assert r.service_key(obj) == ("network", "Web")
+    assert n.service_key(obj) == ("network", "Web")
     assert (tmp_path / "network.endpointslice.web-v4-8080.yaml").exists()

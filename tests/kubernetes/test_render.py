@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import ipaddress
 from typing import Any
 
 import attrs
@@ -12,7 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consul_sync.model import DesiredService, Endpoint, Port
+from consul_sync_kube.names import is_valid_name, sanitize, short_hash
+from consul_sync_kubernetes import compare as c
+from consul_sync_kubernetes import naming as n
 from consul_sync_kubernetes import render as r
+from consul_sync_kubernetes import validate as v
 
 from .recordings import request_body, response_body
 
@@ -130,7 +133,7 @@ def test_2500_instances_make_25_slices_of_at_most_100() -> None:
 
 
 def _existing(rendered: r.Rendered) -> dict[r.GroupKey, dict[str, list[str]]]:
-    return r.packing(rendered.slices, Port("http", 8080), "consul")
+    return c.packing(rendered.slices, Port("http", 8080), "consul")
 
 
 def _changed(before: r.Rendered, after: r.Rendered) -> list[str]:
@@ -197,7 +200,7 @@ def test_new_slices_avoid_names_held_by_others() -> None:
     ],
 )
 def test_address_types(address: str, kind: str | None) -> None:
-    assert r.address_type(address) == kind
+    assert v.address_type(address) == kind
 
 
 #: (address, what render makes of it, why it is left out): the classes of
@@ -269,7 +272,7 @@ def test_address_classes_agree_with_the_api_double(
     elif why not in ("IPv4-mapped", "leading zeros", "not a valid IPv4 address"):
         # (those three: ours to refuse; an FQDN or IPv4 slice of 1.24 takes them)
         assert refused("IPv4") and refused("IPv6")
-        if not r._DOTTED_QUAD.fullmatch(address):  # an FQDN slice takes "0.0.0.0"
+        if not v._DOTTED_QUAD.fullmatch(address):  # an FQDN slice takes "0.0.0.0"
             assert refused("FQDN")
 
 
@@ -283,9 +286,9 @@ def test_invalid_addresses_are_skipped_with_a_reason_and_hostnames_lowercased() 
 
 
 def test_validate_names_what_the_api_server_would_refuse() -> None:
-    assert r.validate(svc(Endpoint("10.0.0.1"))) == []
+    assert v.validate(svc(Endpoint("10.0.0.1"))) == []
     bad = svc(ports=[Port("Web_UI", 80), Port("Web_UI", 0, "ICMP"), Port("", 81)])
-    problems = r.validate(bad)
+    problems = v.validate(bad)
     assert any("'Web_UI' is not a lowercase RFC 1123 label" in p for p in problems)
     assert any("used twice" in p for p in problems)
     assert any("number 0" in p for p in problems)
@@ -297,19 +300,19 @@ def test_validate_names_what_the_api_server_would_refuse() -> None:
 
 
 def test_sanitised_names_are_dns_1035_labels_and_deterministic() -> None:
-    assert r.sanitize("web") == "web"
-    assert r.sanitize("Home_Assistant.v2") == "home-assistant-v2"
-    assert r.sanitize("2fa") == "fa"
-    assert r.sanitize("___") == r.sanitize("___") == "svc-" + r.short_hash("___")
+    assert sanitize("web") == "web"
+    assert sanitize("Home_Assistant.v2") == "home-assistant-v2"
+    assert sanitize("2fa") == "fa"
+    assert sanitize("___") == sanitize("___") == "svc-" + short_hash("___")
     long = "a" * 80
-    assert len(r.sanitize(long)) == 63 and r.sanitize(long) != r.sanitize("a" * 81)
+    assert len(sanitize(long)) == 63 and sanitize(long) != sanitize("a" * 81)
 
 
 NS = "network"
 
 
 def _suffixed(name: str) -> str:
-    return r.suffixed(r.sanitize(name), name)
+    return n.suffixed(sanitize(name), name)
 
 
 @pytest.mark.parametrize(
@@ -349,10 +352,10 @@ def _suffixed(name: str) -> str:
     ],
 )
 def test_naming_rules(keys: list[str], held: dict[str, str], expected: dict[str, str]) -> None:
-    naming = r.assign_names([(NS, k) for k in keys], {(NS, n): (NS, k) for n, k in held.items()})
+    naming = n.assign_names([(NS, k) for k in keys], {(NS, n): (NS, k) for n, k in held.items()})
     assert {k[1]: v for k, v in naming.names.items()} == expected
     # the same in any order
-    again = r.assign_names(
+    again = n.assign_names(
         [(NS, k) for k in reversed(keys)], {(NS, n): (NS, k) for n, k in held.items()}
     )
     assert again.names == naming.names
@@ -361,26 +364,26 @@ def test_naming_rules(keys: list[str], held: dict[str, str], expected: dict[str,
 def test_occupied_names_and_what_naming_reports() -> None:
     held = {(NS, "home-assistant"): (NS, "Home.Assistant")}
     # the holder is still desired: the newcomer is suffixed, the holder keeps its name
-    both = r.assign_names([(NS, "Home_Assistant"), (NS, "Home.Assistant")], held)
+    both = n.assign_names([(NS, "Home_Assistant"), (NS, "Home.Assistant")], held)
     assert both.names[(NS, "Home.Assistant")] == "home-assistant"
     assert both.names[(NS, "Home_Assistant")] == _suffixed("Home_Assistant")
     assert len(both.collisions) == 1 and "'Home_Assistant'" in both.collisions[0]
     assert len(both.renamed) == 2
     # the holder is gone: the newcomer takes the name over
-    alone = r.assign_names([(NS, "Home_Assistant")], held)
+    alone = n.assign_names([(NS, "Home_Assistant")], held)
     assert alone.names == {(NS, "Home_Assistant"): "home-assistant"}
     assert alone.collisions == ()
     # every name is a DNS-1035 label
-    assert all(r.is_valid_name(n) for n in both.names.values())
+    assert all(is_valid_name(n) for n in both.names.values())
     long = [(NS, "A" * 80), (NS, "a" * 80)]
-    assert all(r.is_valid_name(n) for n in r.assign_names(long).names.values())
+    assert all(is_valid_name(n) for n in n.assign_names(long).names.values())
 
 
 def test_a_renamed_service_reads_back_under_its_own_name() -> None:
     service = svc(Endpoint("10.0.0.1"), name="Home_Assistant.v2")
     rendered = r.render(service)
     assert rendered.service["metadata"]["name"] == "home-assistant-v2"
-    assert r.parse(rendered.service, rendered.slices) == service
+    assert c.parse(rendered.service, rendered.slices) == service
 
 
 # --- parse-back -----------------------------------------------------------------
@@ -391,7 +394,7 @@ _ipv6 = st.ip_addresses(v=6).filter(lambda ip: ip.ipv4_mapped is None).map(str)
 _fqdn = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?(\.[a-z]{1,6}){1,3}", fullmatch=True)
 # (addresses the API server accepts: no loopback, link-local... see ADDRESS_CLASSES)
 _address = st.one_of(st.ip_addresses(v=4).map(str), _ipv6, _fqdn).filter(
-    lambda a: r.address_type(a) is not None
+    lambda a: v.address_type(a) is not None
 )
 _text = st.text(alphabet="abcdefghij-0123456789", min_size=1, max_size=8)
 
@@ -403,7 +406,7 @@ def services(draw: st.DrawFn) -> DesiredService:
         Port(
             name,
             draw(st.integers(1, 65535)),
-            draw(st.sampled_from(r.PROTOCOLS)),
+            draw(st.sampled_from(v.PROTOCOLS)),
             draw(st.sampled_from([None, "http", "kubernetes.io/h2c"])),
         )
         for name in names
@@ -446,24 +449,24 @@ def test_parse_reads_back_exactly_what_render_wrote(
 ) -> None:
     rendered = r.render(service, max_per_slice=max_per_slice, service_uid="u")
     assert rendered.problems == ()
-    assert r.parse(rendered.service, rendered.slices) == service
+    assert c.parse(rendered.service, rendered.slices) == service
     # and the live sink's comparison agrees: the objects hold what they would be written with
     again = r.render(
         service,
         max_per_slice=max_per_slice,
         service_uid="u",
-        existing=r.packing(rendered.slices, service.ports[0], r.default_source(service.sources)),
+        existing=c.packing(rendered.slices, service.ports[0], r.default_source(service.sources)),
     )
-    assert not r.differs(again.service, rendered.service)
+    assert not c.differs(again.service, rendered.service)
     assert [s["metadata"]["name"] for s in again.slices] == [
         s["metadata"]["name"] for s in rendered.slices
     ]
-    assert not any(r.differs(a, b) for a, b in zip(again.slices, rendered.slices, strict=True))
+    assert not any(c.differs(a, b) for a, b in zip(again.slices, rendered.slices, strict=True))
 
 
 def test_parse_reads_a_recorded_fqdn_slice_without_conditions_as_ready() -> None:
     service_obj = r.render(svc()).service
-    (endpoint,) = r.parse(service_obj, [response_body("08")]).endpoints
+    (endpoint,) = c.parse(service_obj, [response_body("08")]).endpoints
     # (no source annotation: the Service's only source, as the old version wrote it)
     assert endpoint == Endpoint(
         "nas.home.arpa", ready=True, serving=True, terminating=False, source="consul"
@@ -476,8 +479,8 @@ def test_parse_ignores_labels_and_annotations_others_added() -> None:
     live = copy.deepcopy(rendered.service)
     live["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] = "apps"
     live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "{}"
-    assert r.parse(live, rendered.slices) == service
-    assert not r.differs(rendered.service, live)
+    assert c.parse(live, rendered.slices) == service
+    assert not c.differs(rendered.service, live)
 
 
 # --- comparing with live objects ---------------------------------------------------
@@ -485,9 +488,9 @@ def test_parse_ignores_labels_and_annotations_others_added() -> None:
 
 def test_recorded_server_answers_hold_what_was_applied() -> None:
     """The server adds defaults (targetPort, ipFamilies, uid...): not a difference."""
-    assert not r.differs(request_body("01"), response_body("01"))
-    assert not r.differs(request_body("03"), response_body("03"))
-    assert not r.differs(request_body("03"), response_body("04")["items"][0])
+    assert not c.differs(request_body("01"), response_body("01"))
+    assert not c.differs(request_body("03"), response_body("03"))
+    assert not c.differs(request_body("03"), response_body("04")["items"][0])
 
 
 def test_differs_sees_every_field_we_write() -> None:
@@ -498,10 +501,10 @@ def test_differs_sees_every_field_we_write() -> None:
     def changed(obj: dict[str, Any], edit: Any) -> bool:
         live = copy.deepcopy(obj)
         edit(live)
-        return r.differs(obj, live)
+        return c.differs(obj, live)
 
-    assert not r.differs(svc_obj, svc_obj) and not r.differs(slice_obj, slice_obj)
-    assert r.differs(svc_obj, None)
+    assert not c.differs(svc_obj, svc_obj) and not c.differs(slice_obj, slice_obj)
+    assert c.differs(svc_obj, None)
     assert changed(svc_obj, lambda o: o["metadata"]["labels"].pop("team"))
     assert changed(svc_obj, lambda o: o["metadata"]["annotations"].pop(r.OWNER_ANNOTATION))
     assert changed(svc_obj, lambda o: o["spec"]["ports"][0].update(port=1))
@@ -512,12 +515,7 @@ def test_differs_sees_every_field_we_write() -> None:
     assert changed(slice_obj, lambda o: o["metadata"]["labels"].pop(r.SLICE_MANAGED_BY))
     assert changed(slice_obj, lambda o: o.update(addressType="IPv6"))
     # a label of ours that the service dropped is still on the live object: rewrite
-    assert r.differs(r.render(svc(Endpoint("10.0.0.1"))).service, svc_obj)
-
-
-def test_ip_strategy_sanity() -> None:
-    # the IPv6 strategy gives the compressed form the model keeps as is
-    assert str(ipaddress.ip_address("fd00:0::1")) == "fd00::1"
+    assert c.differs(r.render(svc(Endpoint("10.0.0.1"))).service, svc_obj)
 
 
 # --- attribution ------------------------------------------------------------------
@@ -528,7 +526,7 @@ def test_single_source_slices_keep_their_names_and_need_no_annotation() -> None:
     assert [s["metadata"]["name"] for s in rendered.slices] == ["web-v4-8080", "web-v4-9090"]
     assert all(r.SOURCE_ANNOTATION not in s["metadata"]["annotations"] for s in rendered.slices)
     # read back with the Service's only source
-    assert {e.source for e in r.parse(rendered.service, rendered.slices).endpoints} == {"consul"}
+    assert {e.source for e in c.parse(rendered.service, rendered.slices).endpoints} == {"consul"}
 
 
 def test_several_sources_get_a_slice_each_named_by_a_hash_of_the_source() -> None:
@@ -547,27 +545,27 @@ def test_several_sources_get_a_slice_each_named_by_a_hash_of_the_source() -> Non
         )
         for s in rendered.slices
     ] == [
-        (f"web-v4-8080-{r.short_hash('a')}", "a", 2),
-        (f"web-v4-8080-{r.short_hash('b')}", "b", 1),
+        (f"web-v4-8080-{short_hash('a')}", "a", 2),
+        (f"web-v4-8080-{short_hash('b')}", "b", 1),
     ]
-    assert r.parse(rendered.service, rendered.slices) == service
+    assert c.parse(rendered.service, rendered.slices) == service
     # deterministic, and one source's change rewrites only its slice
     again = r.render(
         attrs.evolve(service, endpoints=[*service.endpoints, Endpoint("10.0.0.4", source="b")]),
-        existing=r.packing(rendered.slices, service.ports[0]),
+        existing=c.packing(rendered.slices, service.ports[0]),
     )
-    assert _changed(rendered, again) == [f"web-v4-8080-{r.short_hash('b')}"]
+    assert _changed(rendered, again) == [f"web-v4-8080-{short_hash('b')}"]
 
 
 def test_a_slice_keeps_its_name_when_its_service_gains_a_source() -> None:
     one = r.render(svc(Endpoint("10.0.0.1")))
     both = r.render(
         svc(Endpoint("10.0.0.1"), Endpoint("10.0.0.2", source="nas"), sources=["consul", "nas"]),
-        existing=r.packing(one.slices, Port("http", 8080), "consul"),
+        existing=c.packing(one.slices, Port("http", 8080), "consul"),
     )
     assert [s["metadata"]["name"] for s in both.slices] == [
         "web-v4-8080",
-        f"web-v4-8080-{r.short_hash('nas')}",
+        f"web-v4-8080-{short_hash('nas')}",
     ]
     # new slices never take a name another group holds, whatever the bases
     crowded = r.render(

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from consul_sync.model import Endpoint
-from consul_sync_kubernetes import render as r
+from consul_sync_kubernetes import naming as n
 from tests.fakes.k8s_double import KubeDouble
 
 from .helpers import NS, kube_app, names, service, source, the_sink, until, writes
@@ -90,7 +90,7 @@ def _live(kube: KubeDouble, name: str) -> dict[str, Any]:
 
 def _stands_for(kube: KubeDouble, name: str) -> str | None:
     obj = kube.get("services", NS, name)
-    return None if obj is None else r.service_key(obj)[1]
+    return None if obj is None else n.service_key(obj)[1]
 
 
 async def _settled(app) -> None:  # type: ignore[no-untyped-def]
@@ -131,7 +131,7 @@ async def test_a_sanitised_newcomer_leaves_the_existing_service_alone(kube: Kube
         slice_before = kube.get("endpointslices", NS, "home-assistant-v4-8080")
         kube.reset_log()
         await source(app).push(upsert=[service("Home_Assistant", "10.0.0.2")])
-        newcomer = r.suffixed("home-assistant", "Home_Assistant")
+        newcomer = n.suffixed("home-assistant", "Home_Assistant")
         await until(lambda: _stands_for(kube, newcomer) == "Home_Assistant")
         await _settled(app)
         assert _live(kube, "home-assistant") == before  # uid, spec, resourceVersion
@@ -155,7 +155,7 @@ async def test_a_valid_name_takes_its_name_back_in_place(kube: KubeDouble, polic
         uid = _live(kube, "home-assistant")["metadata"]["uid"]
         kube.reset_log()
         await source(app).push(upsert=[service("home-assistant", "10.0.0.2")])
-        renamed = r.suffixed("home-assistant", "Home_Assistant")
+        renamed = n.suffixed("home-assistant", "Home_Assistant")
         await until(
             lambda: (
                 _stands_for(kube, "home-assistant") == "home-assistant"

@@ -10,6 +10,8 @@ import pytest
 from consul_sync import SinkError
 from consul_sync.model import Action, Change, DesiredService, Endpoint, Observed, Port
 from consul_sync.plan import Policy, plan
+from consul_sync_kube.names import short_hash
+from consul_sync_kubernetes import naming as n
 from consul_sync_kubernetes import render as r
 from tests.fakes.k8s_double import KubeDouble
 
@@ -62,7 +64,7 @@ async def test_creates_a_headless_service_and_slices_the_seed_commands_show(
     ]
     assert {w.content_type for w in kube.writes()} == {"application/apply-patch+yaml"}
     await rig.sync([web])
-    assert rig.sink._view[web.key].service == web
+    assert rig.sink.view.entries[web.key].service == web
     # the watch-fed view answers every question: no GET per object
     assert kube.count("get") == 0
     assert {e.verb for e in kube.exchanges} <= {"list", "watch", "create", "patch"}
@@ -170,7 +172,7 @@ async def test_slices_emptied_are_deleted_and_deleting_the_service_collects_them
     # one DELETE of the Service; the garbage collector takes its slice
     assert writes(kube) == [("DELETE", f"/api/v1/namespaces/{NS}/services/web")]
     assert names(kube, SLICES, OURS) == ["db-v4-8080"]
-    assert ("network", "web") not in rig.sink._view
+    assert ("network", "web") not in rig.sink.view.entries
 
 
 async def test_renamed_and_colliding_names(kube: KubeDouble) -> None:
@@ -181,7 +183,7 @@ async def test_renamed_and_colliding_names(kube: KubeDouble) -> None:
         service("Home_Assistant", "10.0.0.3"),
     ]
     await rig.sync(three)
-    suffixed = r.suffixed("web", "Web")
+    suffixed = n.suffixed("web", "Web")
     # the valid name is kept as it is; only the sanitised twin gets a suffix
     assert names(kube, "services") == ["home-assistant", "web", suffixed]
     assert rig.metric("consul_sync_kubernetes_name_collisions", sink="kubernetes") == 1
@@ -232,7 +234,7 @@ async def test_external_edits_and_deletions_are_seen_and_repaired(kube: KubeDoub
     edited["endpoints"][0]["conditions"]["ready"] = False
     kube.update(SLICES, edited)
     await until(lambda: ("network", "web") in rig.dirty)
-    assert rig.sink._view[web.key].service != web
+    assert rig.sink.view.entries[web.key].service != web
     rig.dirty.clear()
     await rig.sync([web])
     live = kube.get(SLICES, NS, "web-v4-8080")
@@ -263,7 +265,7 @@ async def test_a_compacted_watch_lists_again(kube: KubeDouble) -> None:
     kube.compact()
     kube.start()
     kube.delete("services", NS, "web")
-    await until(lambda: web.key not in rig.sink._view, timeout=10)
+    await until(lambda: web.key not in rig.sink.view.entries, timeout=10)
     assert web.key in rig.dirty
 
 
@@ -512,7 +514,7 @@ async def test_a_change_of_case_is_one_in_place_update_in_either_order(
     assert live["metadata"]["annotations"][r.NAME_ANNOTATION] == "Web"
     assert [w for w in writes(kube) if w[0] == "DELETE"] == []
     assert names(kube, SLICES, OURS) == ["web-v4-8080"]
-    assert set(rig.sink._view) == {(NS, "Web")}
+    assert set(rig.sink.view.entries) == {(NS, "Web")}
     assert (await rig.sync([service("Web", "10.0.0.1")])).empty
 
 
@@ -550,7 +552,7 @@ async def test_an_old_name_is_its_own_view_entry_planned_as_a_delete(kube: KubeD
     deletes it like anything else, under the policy and the prune budget."""
     rig = make_sink(kube)
     await rig.sync([service("web", "10.0.0.1"), service("WEB", "10.0.0.2")])
-    suffixed = r.suffixed("web", "WEB")
+    suffixed = n.suffixed("web", "WEB")
     assert names(kube, "services") == ["web", suffixed]
     # "web" leaves: "WEB" takes the plain name back (in place) ...
     rig.keys.set([(NS, "WEB")])
@@ -565,7 +567,7 @@ async def test_an_old_name_is_its_own_view_entry_planned_as_a_delete(kube: KubeD
     await rig.sync([service("WEB", "10.0.0.2")])
     assert writes(kube)[-1] == ("DELETE", f"/api/v1/namespaces/{NS}/services/{suffixed}")
     assert names(kube, "services") == ["web"]
-    assert r.service_key(kube.get("services", NS, "web")) == (NS, "WEB")
+    assert n.service_key(kube.get("services", NS, "web")) == (NS, "WEB")
 
 
 # --- attribution: which source each endpoint came from -----------------------------
@@ -589,8 +591,8 @@ async def test_slices_of_a_multi_source_service_record_their_source(kube: KubeDo
     await make_sink(kube).sync([web])
     slices = {o["metadata"]["name"]: o for o in kube.list(SLICES, NS, label_selector=OURS)}
     assert set(slices) == {
-        f"web-v4-8080-{r.short_hash('consul-a')}",
-        f"web-v4-8080-{r.short_hash('consul-b')}",
+        f"web-v4-8080-{short_hash('consul-a')}",
+        f"web-v4-8080-{short_hash('consul-b')}",
     }
     assert sorted(
         (o["metadata"]["annotations"][r.SOURCE_ANNOTATION], o["endpoints"][0]["addresses"][0])
@@ -664,7 +666,7 @@ async def test_upgrading_a_single_source_deployment_writes_nothing(kube: KubeDou
     # and a second source joining keeps the old slice where it is (no churn)
     both = _stamped("web", ("10.0.0.1", "consul"), ("10.0.0.2", "consul"), ("10.0.0.3", "nas"))
     await rig.sync([both])
-    assert names(kube, SLICES, OURS) == ["web-v4-8080", f"web-v4-8080-{r.short_hash('nas')}"]
+    assert names(kube, SLICES, OURS) == ["web-v4-8080", f"web-v4-8080-{short_hash('nas')}"]
     kept = kube.get(SLICES, NS, "web-v4-8080")
     assert kept is not None and kept["metadata"]["annotations"][r.SOURCE_ANNOTATION] == "consul"
     assert (await make_sink(kube).sink.observe())[both.key].service == both

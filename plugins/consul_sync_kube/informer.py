@@ -17,7 +17,7 @@ is handed over at once.
   a watch begun before a relist are dropped (they may be older).
 * The thread watches from the latest resourceVersion, re-watches when the
   server ends a watch, lists again on ``410 Gone`` (compacted history), and
-  backs off on errors (reported through ``on_error``).
+  backs off on errors (reported through ``on_error``; :mod:`consul_sync.backoff`).
 * Events never move an object back to an older resourceVersion (our own
   write's answer may reach the store before the watch event that
   preceded it).
@@ -29,16 +29,27 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from .client import KubeClient, KubeError, Resource, WatchStream
+from consul_sync.backoff import Backoff
+
+from .errors import KubeError
+from .objects import uid as _uid
+from .resources import Resource
+from .watch import WatchStream
+
+if TYPE_CHECKING:  # (the client module imports ``kubernetes``: only when a sink makes one)
+    from .client import KubeClient
 
 log = logging.getLogger("consul_sync.kubernetes.informer")
+
+#: The wait after the n-th failed list or watch in a row: 0.4 s doubling to ``max_backoff``.
+BACKOFF_BASE = 0.4
 
 #: ``on_change(names)``: the objects with these names changed (or went away).
 OnChange = Callable[[set[str]], None]
@@ -60,6 +71,8 @@ def newer_or_same(candidate: str, current: str) -> bool:
 
 
 class Informer:
+    """The objects of one resource in one namespace (``store``), kept up to date."""
+
     def __init__(
         self,
         client: KubeClient,
@@ -71,6 +84,7 @@ class Informer:
         on_error: Callable[[KubeError], None],
         timeout_seconds: float = 300,
         max_backoff: float = 30.0,
+        logger: logging.Logger = log,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -80,6 +94,7 @@ class Informer:
         self.on_error = on_error
         self.timeout_seconds = timeout_seconds
         self.max_backoff = max_backoff
+        self.log = logger
         #: name -> object, as the API server last showed it (event loop only).
         self.store: dict[str, dict[str, Any]] = {}
         self.synced = False
@@ -238,11 +253,11 @@ class Informer:
                 self._to_loop(self._events, queued)
             except Exception as exc:  # the event loop is gone, or a bug
                 if not self._stopping.is_set():
-                    log.debug("%r: watch event dispatcher ends: %r", self, exc)
+                    self.log.debug("%r: watch event dispatcher ends: %r", self, exc)
                 return
 
     def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(BACKOFF_BASE, self.max_backoff)
         while not self._stopping.is_set():
             with self._lock:
                 generation, resource_version = self._generation, self._resource_version
@@ -254,26 +269,25 @@ class Informer:
                     self._to_loop(self._replace, items, resource_version)
                 else:
                     self._watch(generation, resource_version)
-                failures = 0
+                backoff.reset()
             except KubeError as exc:
                 if exc.status == 410:  # history compacted: list again
-                    log.info("%r: watch expired (410 Gone); listing again", self)
+                    self.log.info("%r: watch expired (410 Gone); listing again", self)
                     with self._lock:
                         if self._generation == generation:
                             self._resource_version = None
                     continue
                 if self._stopping.is_set():
                     break
-                failures += 1
+                delay = backoff.next()
                 try:
                     self._to_loop(self.on_error, exc)
                 except Exception:
                     break
-                delay = min(self.max_backoff, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
                 self._stopping.wait(delay)
             except Exception as exc:  # the event loop is gone, or a bug
                 if not self._stopping.is_set():
-                    log.debug("%r: watch thread ends: %r", self, exc)
+                    self.log.debug("%r: watch thread ends: %r", self, exc)
                 break
 
     def _watch(self, generation: int, resource_version: str) -> None:
@@ -305,7 +319,3 @@ class Informer:
                         namespace=self.namespace,
                     )
             self._queue(generation, batch)
-
-
-def _uid(obj: dict[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("uid", ""))
