@@ -14,10 +14,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
+
+from .values import FieldProblem
 
 _HOSTNAME = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9_-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9_-]{0,62})?)*\.?"
@@ -188,3 +190,16 @@ def kubeconfig_in_use(kubeconfig: str, context: str, environ: Mapping[str, str])
         kubeconfig_file(paths, context)
     except ValueError as exc:
         raise type(exc)(f"{exc}{note}") from None
+
+
+def field_problems(
+    *checked: tuple[str, Callable[[str], object], str | None],
+) -> Iterator[FieldProblem]:
+    """Run each ``(field, check, value)`` whose value is set; a check's ``ValueError`` becomes
+    that field's problem (sources and sinks use this in their config checks)."""
+    for field, check, value in checked:
+        if value:
+            try:
+                check(value)
+            except ValueError as exc:
+                yield FieldProblem(field, str(exc))

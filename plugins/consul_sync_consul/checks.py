@@ -13,6 +13,9 @@ from consul_sync.config import FieldProblem
 
 from .config import ConsulConfig
 
+#: Settings naming files that must be readable.
+FILES = ("token_file", "ca_file", "client_cert", "client_key")
+
 
 def check_consul(config: ConsulConfig, _environ: Mapping[str, str]) -> Iterator[FieldProblem]:
     address = (config.address or "").strip()
@@ -23,23 +26,11 @@ def check_consul(config: ConsulConfig, _environ: Mapping[str, str]) -> Iterator[
             checks.port(url.netloc.rpartition(":")[2]) if _has_port(url.netloc) else None
         except ValueError as exc:
             yield FieldProblem("address", f'"{address}": {exc}')
-    if config.tls_server_name:
-        try:
-            checks.host(config.tls_server_name)
-        except ValueError as exc:
-            yield FieldProblem("tls_server_name", str(exc))
-    for field in ("token_file", "ca_file", "client_cert", "client_key"):
-        path = getattr(config, field)
-        if path:
-            try:
-                checks.readable_file(path)
-            except ValueError as exc:
-                yield FieldProblem(field, str(exc))
-    if config.ca_path:
-        try:
-            checks.readable_dir(config.ca_path)
-        except ValueError as exc:
-            yield FieldProblem("ca_path", str(exc))
+    yield from checks.field_problems(
+        ("tls_server_name", checks.host, config.tls_server_name),
+        *((field, checks.readable_file, getattr(config, field)) for field in FILES),
+        ("ca_path", checks.readable_dir, config.ca_path),
+    )
 
 
 def _has_port(netloc: str) -> bool:

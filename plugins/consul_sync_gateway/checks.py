@@ -6,7 +6,7 @@ the kubeconfig it will load (as the ``kubernetes`` sink's).  Registered in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from consul_sync import checks
 from consul_sync.config import FieldProblem
@@ -22,17 +22,17 @@ def check_gateway(config: GatewayConfig, environ: Mapping[str, str]) -> Iterator
         "external_gateway": config.external_gateway,
         "listener": config.listener,
     }
-    for field, value in names.items():
-        if value:
-            try:
-                checks.dns_subdomain(value.rstrip(".") if field == "domain_suffix" else value)
-            except ValueError as exc:
-                yield FieldProblem(field, str(exc))
-    if config.gateway_namespace:
-        try:
-            checks.dns_label(config.gateway_namespace)
-        except ValueError as exc:
-            yield FieldProblem("gateway_namespace", str(exc))
+    yield from checks.field_problems(
+        *((field, _dns_name(field), value) for field, value in names.items()),
+        ("gateway_namespace", checks.dns_label, config.gateway_namespace),
+    )
     if config.output == "-":  # prints YAML: no cluster
         return
     yield from kubeconfig_problems(config.kubeconfig, config.context, environ)
+
+
+def _dns_name(field: str) -> Callable[[str], object]:
+    """The check of a name field: a DNS subdomain (``domain_suffix`` may end in a dot)."""
+    if field == "domain_suffix":
+        return lambda value: checks.dns_subdomain(value.rstrip("."))
+    return checks.dns_subdomain

@@ -28,7 +28,7 @@ from consul_sync_kube.objects import MANAGER, is_managed, owner_of
 
 from .compare import parse
 from .naming import NameBook, name_notes, service_key
-from .render import DEFAULT_MAX_PER_SLICE, SERVICE_NAME_LABEL, render_named
+from .render import DEFAULT_MAX_PER_SLICE, SERVICE_NAME_LABEL, render_logged
 
 log = logging.getLogger("consul_sync.manifests")
 
@@ -123,15 +123,14 @@ class ManifestsSink:
         return view
 
     def render(self, services: Sequence[DesiredService]) -> list[dict[str, Any]]:
-        objects, problems = render_named(
+        return render_logged(
             services,
             self.names,
             owner=self.owner,
             max_per_slice=self.config.max_endpoints_per_slice,
+            log=log,
+            sink=self.name,
         )
-        for problem in problems:
-            log.warning(problem, extra={"sink": self.name})
-        return objects
 
     async def apply(self, change: Change) -> None:
         for news in self.names.refresh():

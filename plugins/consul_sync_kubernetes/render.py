@@ -32,6 +32,7 @@ Names come from :mod:`.naming`; what Kubernetes would refuse is left out by
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -375,3 +376,19 @@ def render_named(
         objects.extend(rendered.objects())
         problems.extend(rendered.problems)
     return objects, problems
+
+
+def render_logged(
+    services: Sequence[DesiredService],
+    names: NameBook,
+    *,
+    owner: str,
+    max_per_slice: int,
+    log: logging.Logger,
+    sink: str,
+) -> list[dict[str, Any]]:
+    """:func:`render_named` for a sink's ``render``: the problems go to ``log`` as warnings."""
+    objects, problems = render_named(services, names, owner=owner, max_per_slice=max_per_slice)
+    for problem in problems:
+        log.warning(problem, extra={"sink": sink})
+    return objects

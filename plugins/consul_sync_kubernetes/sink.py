@@ -201,15 +201,14 @@ class KubernetesSink:
                 self.context.mark_dirty([change.key])
 
     def render(self, services: Sequence[DesiredService]) -> list[dict[str, Any]]:
-        objects, problems = r.render_named(
+        return r.render_logged(
             services,
             self.names,
             owner=self.owner,
             max_per_slice=self.config.max_endpoints_per_slice,
+            log=log,
+            sink=self.name,
         )
-        for problem in problems:
-            log.warning(problem, extra={"sink": self.name})
-        return objects
 
     def status_notes(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, StatusNote]:
         """For the status page: Kubernetes names that differ from the key's,
