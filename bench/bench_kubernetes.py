@@ -50,8 +50,10 @@ from consul_sync.model import DesiredService, Endpoint, Port
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
 from consul_sync.testing import FakePlugin, FakeSource
+from consul_sync_kube.client import KubeClient
+from consul_sync_kube.errors import WRITE_VERBS
+from consul_sync_kube.resources import Resource
 from consul_sync_kubernetes import render
-from consul_sync_kubernetes.client import WRITE_VERBS, KubeClient, Resource
 from tests.fakes.remote import RemoteDouble
 
 

@@ -60,7 +60,7 @@ from consul_sync.config import load_settings
 from consul_sync.metrics import Metrics
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
-from consul_sync_kubernetes.client import KubeClient
+from consul_sync_kube.client import KubeClient
 from tests.fakes.remote import RemoteDouble
 
 NS = "network"

@@ -49,7 +49,7 @@ from consul_sync_kube.objects import (
     SOURCES_ANNOTATION,
 )
 
-from .naming import NameBook, service_key, suffixed  # noqa: F401 (tests/faults import them from here)
+from .naming import NameBook
 from .validate import address_check
 
 SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from consul_sync.cli import App
-from consul_sync_kubernetes import render as r
+from consul_sync_kubernetes import naming as r
 from tests.fakes.k8s_double import KubeDouble
 from tests.kubernetes.helpers import NS, kube_app, names, service, source, until, writes
 

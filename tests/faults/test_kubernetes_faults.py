@@ -20,8 +20,8 @@ import pytest
 
 from consul_sync.cli import EXIT_OK, App, _once
 from consul_sync.model import DesiredService
+from consul_sync_kube.resources import Resource
 from consul_sync_kubernetes import render as r
-from consul_sync_kubernetes.client import Resource
 from tests.fakes.k8s_double import KubeDouble
 from tests.kubernetes.helpers import NS, kube_app, service, source, the_sink, until
 
