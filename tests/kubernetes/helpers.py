@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-import anyio
 import attrs
 
 from consul_sync.cli import App, build_app
@@ -15,10 +14,26 @@ from consul_sync.model import DesiredService, Endpoint, Port, ServiceKey
 from consul_sync.plan import Plan, plan
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
-from consul_sync.testing import FakePlugin, FakeSource
+from consul_sync.testing import FakePlugin
 from consul_sync_kube.client import KubeClient
 from consul_sync_kubernetes.sink import KubernetesConfig, KubernetesSink
+from tests.core.helpers import source, until
 from tests.fakes.k8s_double import KubeDouble
+
+#: ``source`` and ``until`` are the core helpers' (one way to wait, one deadline).
+__all__ = [
+    "FAST_LEADER",
+    "NS",
+    "addresses",
+    "kube_app",
+    "make_sink",
+    "names",
+    "service",
+    "source",
+    "the_sink",
+    "until",
+    "writes",
+]
 
 NS = "network"
 FAST_LEADER = {"lease_duration": 1.0, "renew_deadline": 0.6, "retry_period": 0.1}
@@ -131,23 +146,10 @@ def kube_app(
     return build_app(settings, pm, registry, metrics=metrics, context=context)
 
 
-def source(app: App) -> FakeSource:
-    item = app.runtime.sources[0]
-    assert isinstance(item, FakeSource)
-    return item
-
-
 def the_sink(app: App) -> KubernetesSink:
     item = app.runtime.sinks[0]
     assert isinstance(item, KubernetesSink)
     return item
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for ``condition`` (a generous deadline: a loaded machine is slow, not wrong)."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 def writes(kube: KubeDouble) -> list[tuple[str, str]]:
