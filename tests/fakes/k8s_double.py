@@ -949,13 +949,18 @@ class MapOf:
 
 @dataclass(frozen=True, eq=False)
 class AssocList:
-    """A ``listType=map`` list; items are identified by their key fields."""
+    """A ``listType=map`` list; items are identified by their key fields.
+
+    ``atomic_items``: each item is owned and replaced as a whole (``structType=atomic``, as
+    ``OwnerReference``: recording 27 shows ``k:{"uid":...}: {}``).
+    """
 
     keys: tuple[str, ...]
     item: Struct
     key_defaults: tuple[tuple[str, Any], ...] = ()
     patch_merge_key: str = ""
     absent: Absent = "omit"
+    atomic_items: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -1039,7 +1044,9 @@ OBJECT_META = Struct(
         "deletionGracePeriodSeconds": I64P,
         "labels": MapOf(S),
         "annotations": MapOf(S),
-        "ownerReferences": AssocList(("uid",), OWNER_REFERENCE, patch_merge_key="uid"),
+        "ownerReferences": AssocList(
+            ("uid",), OWNER_REFERENCE, patch_merge_key="uid", atomic_items=True
+        ),
         "finalizers": SetList(S),
         "managedFields": AtomicList(MANAGED_FIELDS_ENTRY),
     },
@@ -1531,7 +1538,8 @@ def _collect_fields(value: Any, node: Node, prefix: FieldPath, out: set[FieldPat
             if not isinstance(item, dict):
                 continue
             path = (*prefix, key_element(item, node))
-            _collect_fields(item, node.item, path, out)
+            if not node.atomic_items:
+                _collect_fields(item, node.item, path, out)
             out.add(path)
     elif isinstance(node, SetList):
         for item in value:
@@ -1560,7 +1568,9 @@ def _walk_paths(
                 _walk_paths(child_value, child, (*prefix, "f:" + key), out)
     elif isinstance(node, AssocList) and isinstance(value, list):
         for item in value:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and node.atomic_items:
+                out[(*prefix, key_element(item, node))] = (item, True)
+            elif isinstance(item, dict):
                 _walk_paths(item, node.item, (*prefix, key_element(item, node)), out)
     elif isinstance(node, SetList) and isinstance(value, list):
         for item in value:
@@ -1636,6 +1646,8 @@ def merge_values(live: Any, config: Any, node: Node) -> Any:
             return key_element(item, assoc) if isinstance(item, dict) else "?"
 
         def merge_item(left: Any, right: Any) -> Any:
+            if assoc.atomic_items:
+                return copy.deepcopy(right)
             return merge_values(left, right, assoc.item)
 
     return _merge_list(lhs, config, element, merge_item)
@@ -1732,14 +1744,18 @@ def remove_path(obj: Obj, path: FieldPath, node: Node) -> None:
 def prune(
     merged: Obj, candidates: Iterable[FieldPath], owned: Iterable[FieldPath], node: Node
 ) -> Obj:
-    """Remove fields the applier stopped applying unless a manager still owns something there."""
-    kept_prefixes: set[FieldPath] = set()
-    for path in owned:
-        for end in range(1, len(path) + 1):
-            kept_prefixes.add(path[:end])
+    """Remove what the applier stopped applying, then add back what a manager still owns.
+
+    structured-merge-diff's ``prune`` + ``addBackOwnedItems``: each field the applier no
+    longer applies is removed with everything below it (a list element it owned as ``.``
+    goes whole, even a field another manager owns inside it, recording 25q3); a removed
+    field that some manager owns on its own stays (recording 24).
+    """
+    pruned = copy.deepcopy(merged)
     for path in sorted(candidates, key=len):
-        if path in kept_prefixes:
-            continue
+        remove_path(pruned, path, node)
+    gone = field_set(merged, node) - field_set(pruned, node) - set(owned)
+    for path in sorted(gone, key=len):
         remove_path(merged, path, node)
     return merged
 
@@ -1899,6 +1915,9 @@ class ResourceType:
     allow_create_on_update: bool = False
     reset_fields: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
+    #: Discovery: ``categories`` and ``storageVersionHash`` where a recording shows them (40a/b).
+    categories: tuple[str, ...] = ()
+    storage_version_hash: str = ""
     field_labels: tuple[str, ...] = ("metadata.name", "metadata.namespace")
     #: A custom resource (Gateway API): typed list items, status subresource.
     custom: bool = False
@@ -1946,9 +1965,17 @@ SERVICES = ResourceType(
     return_deleted_object=True,
     reset_fields=("status",),
     short_names=("svc",),
+    categories=("all",),
+    storage_version_hash="0/CO1lhkEBI=",
 )
 ENDPOINT_SLICES = ResourceType(
-    "discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", ENDPOINT_SLICE, "endpointslices"
+    "discovery.k8s.io",
+    "v1",
+    "endpointslices",
+    "EndpointSlice",
+    ENDPOINT_SLICE,
+    "endpointslices",
+    storage_version_hash="Nx3SIv6I0mE=",
 )
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", LEASE, "leases")
 CORE_EVENTS = ResourceType(
@@ -4154,11 +4181,17 @@ class KubeDouble:
             }
             if rt.short_names:
                 entry["shortNames"] = list(rt.short_names)
+            if rt.categories:
+                entry["categories"] = list(rt.categories)
+            if rt.storage_version_hash:
+                entry["storageVersionHash"] = rt.storage_version_hash
             resources.append(entry)
+        if group == "":  # the core list has no apiVersion (recording 40b)
+            return {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
-            "groupVersion": f"{group}/v1" if group else "v1",
+            "groupVersion": f"{group}/v1",
             "resources": resources,
         }
 
@@ -4296,6 +4329,7 @@ class KubeDouble:
         except ValueError:
             raise bad_request(f"invalid limit: {query.get('limit')}") from None
         token = query.get("continue") or ""
+        prefix = f"{ns}/" if ns else ""
         with self._lock:
             items = self._matching(rt, selection)
             list_rv = self._rv
@@ -4311,11 +4345,12 @@ class KubeDouble:
                         "the first chunk was returned and now may show up in the list."
                     )
                 list_rv = token_rv
-                items = [item for item in items if item[0] >= start]
+                items = [item for item in items if item[0] >= prefix + start]
             meta: Obj = {"resourceVersion": str(list_rv)}
             if limit and len(items) > limit:
                 page = items[:limit]
-                meta["continue"] = _continue_token(list_rv, page[-1][0] + "\x00")
+                # the storage key after the list's own prefix (recording 35)
+                meta["continue"] = _continue_token(list_rv, page[-1][0][len(prefix) :] + "\x00")
                 if not selection.labels and not selection.fields:
                     meta["remainingItemCount"] = len(items) - limit
                 items = page
@@ -4819,34 +4854,32 @@ class KubeDouble:
             if live is None:
                 raise not_found(rt, name)
             live_meta = live.obj["metadata"]
+            # rest.BeforeDelete's texts, the resource named by its Kind (recordings 33, 34;
+            # gateway 13).
             uid = preconditions.get("uid")
-            if uid and uid != live_meta.get("uid") and rt.custom:
-                # The custom resource store's text (recording 13).
+            rv = preconditions.get("resourceVersion")
+            failed = ""
+            if uid and uid != live_meta.get("uid"):
+                failed = (
+                    f"the UID in the precondition ({uid}) does not match the UID in record "
+                    f"({live_meta.get('uid')}). The object might have been deleted and then "
+                    "recreated"
+                )
+            elif rv and rv != live_meta.get("resourceVersion"):
+                failed = (
+                    f"the ResourceVersion in the precondition ({rv}) does not match the "
+                    f"ResourceVersion in record ({live_meta.get('resourceVersion')}). The object "
+                    "might have been modified"
+                )
+            if failed:
+                kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
                 raise ApiError(
                     status_failure(
                         409,
                         "Conflict",
-                        f"Operation cannot be fulfilled on {rt.kind}.{rt.group} {go_quote(name)}: "
-                        f"the UID in the precondition ({uid}) does not match the UID in record "
-                        f"({live_meta.get('uid')}). The object might have been deleted and then "
-                        "recreated",
+                        f"Operation cannot be fulfilled on {kind} {go_quote(name)}: {failed}",
                         status_details(name=name, group=rt.group, kind=rt.kind),
                     )
-                )
-            if uid and uid != live_meta.get("uid"):
-                raise conflict(
-                    rt,
-                    name,
-                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
-                    f"{live_meta.get('uid')}",
-                )
-            rv = preconditions.get("resourceVersion")
-            if rv and rv != live_meta.get("resourceVersion"):
-                raise conflict(
-                    rt,
-                    name,
-                    f"Precondition failed: ResourceVersion in precondition: {rv}, "
-                    f"ResourceVersion in object meta: {live_meta.get('resourceVersion')}",
                 )
             if dry_run:
                 return 200, self._deleted_answer(rt, live)

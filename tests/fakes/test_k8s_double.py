@@ -7,17 +7,20 @@ the recording from a real kube-apiserver v1.24), and behaviour driven through th
 
 from __future__ import annotations
 
+import base64
+import copy
 import datetime
 import glob
 import http.client
 import json
-import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import urllib3
@@ -30,9 +33,6 @@ FIXTURES = str(Path(__file__).resolve().parents[1] / "fixtures" / "kubernetes")
 Watch: Any = watch.Watch  # untyped in the kubernetes package
 APPLY = "application/apply-patch+yaml"
 NS = "fixtures"
-
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="recordings not available")
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -327,6 +327,246 @@ def test_watch_from_a_compacted_resource_version_answers_410(kube: KubeDouble) -
             "code": 410,
         },
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# recordings 21 onwards: server-side apply field ownership, replayed in the order they were sent
+# ---------------------------------------------------------------------------------------------
+
+#: The order the exchanges were sent in (the recorded resourceVersions show it): an ``a`` setup
+#: step comes before the file it sets up, and 26 before 25p1.  Every recording from 21 on is here.
+REPLAY_ORDER = [
+    "21", "22", "23", "24", "25a", "25", "26", "25p1", "25p2", "25p3", "25p4", "25q1", "25q2",
+    "25q3", "27", "28", "29", "29b", "30", "31a", "31", "31b", "32a", "32", "33", "34a", "34",
+    "35", "36", "36b", "36c", "37a", "37", "38a", "38b", "38c", "38", "39", "40a", "40b", "41",
+    "42", "43",
+]  # fmt: skip
+OWN_NS = "rec2-own-1796281572"
+PAGE_NS = "rec2-page-1796281572"
+_TIME_KEYS = ("creationTimestamp", "time")
+_ALLOCATED_KEYS = ("clusterIP", "clusterIPs")
+
+
+def recording(number: str) -> dict[str, Any]:
+    """The recording ``number`` (``25a``, ``36c`` ...); missing or doubled files fail."""
+    paths = [p for p in Path(FIXTURES).glob(f"{number}-*.json") if p.name.split("-")[0] == number]
+    assert len(paths) == 1, f"recording {number}: {paths}"
+    return json.loads(paths[0].read_text())  # type: ignore[no-any-return]
+
+
+def applied_config(obj: dict[str, Any], manager: str = "consul-sync") -> dict[str, Any]:
+    """What ``manager`` applied to make ``obj``: the fields its Apply entry owns."""
+    (entry,) = [
+        e
+        for e in obj["metadata"]["managedFields"]
+        if e["manager"] == manager and e["operation"] == "Apply"
+    ]
+    config = _owned(obj, entry["fieldsV1"])
+    config["metadata"].update(name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"])
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], **config}
+
+
+def _owned(value: Any, tree: dict[str, Any]) -> Any:
+    if isinstance(value, list):  # an associative list: k:{...} selects elements
+        out = []
+        for key_text, subtree in tree.items():
+            key = json.loads(key_text[2:])
+            (item,) = [i for i in value if all(i.get(k) == v for k, v in key.items())]
+            out.append({**key, **_owned(item, subtree)} if subtree else copy.deepcopy(item))
+        return out
+    out_map: dict[str, Any] = {}
+    for name, subtree in tree.items():
+        if name == ".":
+            continue
+        child = value.get(name[2:])
+        out_map[name[2:]] = _owned(child, subtree) if subtree else copy.deepcopy(child or {})
+    return out_map
+
+
+class Translation:
+    """Pairs the double's uids and resourceVersions with the recorded ones.
+
+    Both servers hand out their own uids and resourceVersions, so requests are translated
+    into the double's terms and answers back into the recording's.  resourceVersions must
+    pair one to one: a write the real server skipped (a no-op apply) must be skipped by the
+    double too, or one recorded version would pair with two of the double's.
+    """
+
+    def __init__(self) -> None:
+        self.uids: dict[str, str] = {}  # recorded -> double
+        self.rvs: dict[str, str] = {}  # recorded -> double
+
+    def pair_rv(self, recorded: str, ours: str) -> None:
+        known = {v: k for k, v in self.rvs.items()}
+        assert self.rvs.get(recorded, ours) == ours, f"rv {recorded} paired twice"
+        assert known.get(ours, recorded) == recorded, f"our rv {ours} paired twice"
+        self.rvs[recorded] = ours
+
+    def learn(self, recorded: Any, ours: Any) -> None:
+        """Pair the uids and resourceVersions of two answers of the same shape."""
+        if isinstance(recorded, dict) and isinstance(ours, dict):
+            meta, our_meta = recorded.get("metadata"), ours.get("metadata")
+            if isinstance(meta, dict) and isinstance(our_meta, dict):
+                if "uid" in meta and "uid" in our_meta:
+                    self.uids.setdefault(meta["uid"], our_meta["uid"])
+                if "resourceVersion" in meta and "resourceVersion" in our_meta:
+                    self.pair_rv(meta["resourceVersion"], our_meta["resourceVersion"])
+            for key in ("items", "object"):
+                if key in recorded and key in ours:
+                    self.learn(recorded[key], ours[key])
+        elif isinstance(recorded, list) and isinstance(ours, list):
+            for one, other in zip(recorded, ours, strict=False):
+                self.learn(one, other)
+
+    def _token(self, token: str, rvs: dict[str, str]) -> str:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        data["rv"] = int(rvs[str(data["rv"])])
+        text = json.dumps(data, separators=(",", ":"))
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    def request(self, request: dict[str, Any]) -> tuple[str, str | None]:
+        """The recorded request's path and body in the double's terms."""
+        path, _, query_text = request["path"].partition("?")
+        query = []
+        for key, value in parse_qsl(query_text, keep_blank_values=True):
+            if key == "resourceVersion":
+                query.append((key, self.rvs[value]))
+            elif key == "continue":
+                query.append((key, self._token(value, self.rvs)))
+            else:
+                query.append((key, value))
+        body = request["body"]
+        if body is not None:
+            for recorded, ours in self.uids.items():
+                body = body.replace(recorded, ours)
+            parsed = json.loads(body)
+            for holder in (parsed.get("metadata", {}), parsed.get("preconditions", {})):
+                if "resourceVersion" in holder:
+                    holder["resourceVersion"] = self.rvs[holder["resourceVersion"]]
+            body = json.dumps(parsed)
+        return path + ("?" + urlencode(query) if query else ""), body
+
+    def answer(self, value: Any, key: str = "") -> Any:
+        """The double's answer in the recording's terms, times and allocated IPs masked."""
+        uids = {v: k for k, v in self.uids.items()}
+        rvs = {v: k for k, v in self.rvs.items()}
+        if isinstance(value, dict):
+            return {self.answer(k): self.answer(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.answer(v, key) for v in value]
+        if not isinstance(value, str):
+            return value
+        if key in _TIME_KEYS:
+            return "<time>"
+        if key in _ALLOCATED_KEYS and value != "None":
+            return "<allocated>"
+        if key == "continue":
+            return self._token(value, rvs)
+        if key == "resourceVersion":
+            return rvs.get(value, value)
+        for ours, recorded in uids.items():
+            value = value.replace(ours, recorded)
+        for ours, recorded in rvs.items():
+            value = re.sub(rf"\({ours}\)", f"({recorded})", value)
+        return value
+
+    def masked(self, value: Any, key: str = "") -> Any:
+        """A recorded answer with the same masks as ``answer``."""
+        if isinstance(value, dict):
+            return {k: self.masked(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.masked(v, key) for v in value]
+        if key in _TIME_KEYS and isinstance(value, str):
+            return "<time>"
+        if key in _ALLOCATED_KEYS and value != "None":
+            return "<allocated>"
+        return value
+
+
+def _unrecorded_steps(kube: KubeDouble, number: str, names: Translation) -> None:
+    """Objects made between recorded steps, rebuilt from what the recordings show of them."""
+    if number == "32a":  # del-a and del-b, applied by consul-sync
+        del_a = recording("32a")["response"]["body"]
+        kube.apply("services", applied_config(del_a), manager="consul-sync", force=True)
+        del_b = recording("34a")["response"]["body"]
+        created = kube.apply("services", applied_config(del_b), manager="consul-sync", force=True)
+        names.uids[del_b["metadata"]["uid"]] = created["metadata"]["uid"]
+        names.pair_rv("24863", created["metadata"]["resourceVersion"])  # 34 says so
+    elif number == "35":  # five labelled Services and one without the labels
+        pages = [recording(n)["response"]["body"]["items"] for n in ("35", "36", "36b")]
+        for item in [item for page in pages for item in page]:
+            config = applied_config({"apiVersion": "v1", "kind": "Service", **item})
+            kube.apply("services", config, manager="consul-sync", force=True)
+        unlabeled = applied_config({"apiVersion": "v1", "kind": "Service", **pages[0][0]})
+        unlabeled["metadata"].update(name="unlabeled", labels={})
+        kube.apply("services", unlabeled, manager="consul-sync", force=True)
+    elif number == "37":  # w-1 applied, re-applied and deleted while the watch ran
+        added, modified, _deleted, _ = recording("37")["response"]["events"]
+        for event in (added, modified):
+            config = applied_config(event["object"])
+            kube.apply("endpointslices", config, manager="consul-sync", force=True)
+        kube.delete("endpointslices", added["object"]["metadata"]["namespace"], "w-1")
+
+
+def _replay_watch(kube: KubeDouble, path: str) -> list[dict[str, Any]]:
+    """The recorded watch: the three events from history, then a bookmark; read four lines."""
+    connection = http.client.HTTPConnection("127.0.0.1", kube.port, timeout=10)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    assert response.status == 200
+    events = [json.loads(response.readline()) for _ in range(3)]
+    kube.send_bookmarks()
+    events.append(json.loads(response.readline()))
+    connection.close()
+    return events
+
+
+def _replay_one(kube: KubeDouble, number: str, names: Translation) -> None:
+    recorded = recording(number)
+    request, response = recorded["request"], recorded["response"]
+    path, body = names.request(request)
+    if request["user"] == "limited":
+        kube.user = "limited"
+        kube.deny("*", "*")
+    try:
+        if "events" in response:
+            got: Any = _replay_watch(kube, path)
+            want: Any = response["events"]
+            status = 200
+        else:
+            status, got, _ = raw(kube, request["method"], path, body, request["content_type"])
+            want = response["body"]
+    finally:
+        kube.allow("*", "*")
+        kube.user = "admin"
+    if number == "40b":  # trimmed to four resources; the double serves one of them
+        want = {**want, "resources": [r for r in want["resources"] if r["name"] == "services"]}
+        got["resources"] = [r for r in got["resources"] if r["name"] == "services"]
+    names.learn(want, got)
+    assert status == response["status"], (number, got)
+    assert names.answer(got) == names.masked(want), number
+
+
+def test_recordings_with_field_ownership_replay_exactly() -> None:
+    numbers = sorted(p.name.split("-")[0] for p in Path(FIXTURES).glob("*.json"))
+    assert sorted(REPLAY_ORDER) == [n for n in numbers if n >= "21"]
+    names = Translation()
+    with KubeDouble(user="admin") as kube:
+        for number in REPLAY_ORDER:
+            _unrecorded_steps(kube, number, names)
+            _replay_one(kube, number, names)
+
+
+def test_an_identical_apply_later_keeps_resource_version_and_time() -> None:
+    moment = [datetime.datetime(2026, 12, 3, 7, 6, 12, tzinfo=datetime.UTC)]
+    names = Translation()
+    with KubeDouble(user="admin", clock=lambda: moment[0]) as kube:
+        for number in ("21", "27", "28", "29"):
+            _replay_one(kube, number, names)
+        before = kube.get("endpointslices", OWN_NS, "web-consul-sync-1")
+        moment[0] += datetime.timedelta(seconds=2.5)
+        _replay_one(kube, "29b", names)
+        assert kube.get("endpointslices", OWN_NS, "web-consul-sync-1") == before
 
 
 # ---------------------------------------------------------------------------------------------
