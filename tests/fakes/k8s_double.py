@@ -1,100 +1,106 @@
 """A Kubernetes API server test double that answers real HTTP on loopback.
 
-``KubeDouble`` emulates the part of a kube-apiserver (v1.24) that consul-sync's Kubernetes
-sink touches, closely enough that the official ``kubernetes`` Python client talks to it
-unchanged::
+``KubeDouble`` serves what consul-sync's Kubernetes and Gateway sinks ask of a kube-apiserver
+(v1.24), closely enough that the official ``kubernetes`` Python client talks to it unchanged::
 
     with KubeDouble() as kube:
         api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=kube.url))
         kubernetes.client.CoreV1Api(api).list_namespaced_service("default")
 
-Behaviour and error texts are modelled on exchanges recorded from a real API server
-(``tests/fixtures/kubernetes``, copied from the project's shared fixtures).  Where a
-recording exists the double reproduces the
-status code, the ``Status`` body and the message text exactly; the other texts are written
-from the v1.24 validation code in the same style.
+Where a recording from a real server exists (``tests/fixtures/kubernetes`` 01-43,
+``tests/fixtures/gateway``) the double answers with its status code and body exactly, and
+``tests/fakes/test_k8s_double.py`` replays them; other texts follow the v1.24 sources.
+Everything here is used by the sinks, by a test or bench that drives the double, or by a
+recording's replay; what none of them used (JSON and strategic merge patches, deletecollection,
+events.k8s.io/v1, field and set-based label selectors, foreground/orphan deletion and
+finalizers, dryRun, generateName, NodePort/LoadBalancer/ExternalName Services, namespaces,
+``/version``) is not served: such a request gets a 4xx that names it.
 
-What it models
---------------
-* Resources, all namespaced: core/v1 ``services``; discovery.k8s.io/v1 ``endpointslices``;
-  coordination.k8s.io/v1 ``leases``; core/v1 ``events`` and events.k8s.io/v1 ``events`` (one
-  store, converted per API version as the real server does).  Read-only ``namespaces``,
-  discovery documents (``/api``, ``/apis``, ``/api/v1`` ...), ``/version``, ``/healthz``.
-* Verbs: get; list (``labelSelector`` with ``=``/``==``/``!=``/``in``/``notin``/exists/
-  ``!``/``>``/``<``, ``fieldSelector`` on ``metadata.name``/``metadata.namespace`` and a
-  few event fields, ``limit``/``continue``); watch; create; update (PUT with optimistic
-  concurrency); patch (server-side apply, JSON merge patch, strategic merge patch, JSON
-  patch); delete (``propagationPolicy``, preconditions, finalizers); deletecollection;
-  ``dryRun=All``.
-* A single, global, monotonically increasing resourceVersion (like an etcd revision); uid,
-  creationTimestamp, generation (EndpointSlices), ``metadata.managedFields``.
-* Go-shaped JSON: field order of the Go structs, omitempty rules, ``"endpoints": null`` for
-  an empty EndpointSlice, ``"conditions": {}``, ``"name": ""`` on unnamed slice ports,
-  list items without ``kind``/``apiVersion``, ``<``/``>``/``&`` escaped as ``\\u003c``...
-* Server-side apply after structured-merge-diff: ownership per field manager (an ``Apply``
-  and an ``Update`` entry of the same manager are different owners), associative lists
-  keyed like the real schema (Service ``spec.ports`` by port+protocol, ``ownerReferences``
-  by uid), atomic lists (EndpointSlice ``endpoints``/``ports``, Service ``spec.selector``),
-  granular maps (labels, annotations), removal of fields an applier stopped applying (unless
-  someone else owns them), conflicts (409 with the real message and causes), ``force``.
-  An apply that changes nothing answers 200 with the same resourceVersion.  Like the real
-  server, an apply whose config differs from the stored object only in server-defaulted
-  fields inside an atomic list (e.g. an endpoint without ``conditions``) refreshes the
-  applier's managedFields timestamp, so the resourceVersion moves when the clock's second
-  has changed.
-* Defaulting (Service ``targetPort``, ``sessionAffinity``, ``type``, ``internalTrafficPolicy``,
-  ``ipFamilies``/``ipFamilyPolicy``/``clusterIPs`` as recorded, cluster-IP and node-port
-  allocation; EndpointSlice port name/protocol) and validation with the real messages (422
-  ``Invalid`` with ``details.causes``): DNS-1035 Service names, RFC 1123 port names, port
-  ranges, duplicate ports, 1000-endpoint limit, IPv4/IPv6/FQDN addresses, ``addressType``
-  required/immutable, labels, annotations, owner references, finalizers, Lease and Event
-  rules.  Request bodies are decoded like the Go server: unknown fields are dropped (apply
-  rejects them), wrong JSON types answer 400, ``MicroTime`` fields (Lease ``acquireTime``/
-  ``renewTime``, Event ``eventTime``) must carry exactly six fractional digits.
-* Watch (``?watch=1``): replay from a resourceVersion, synthetic ADDED events for ``""``/``"0"``,
-  selector transitions (an object that stops matching is sent as DELETED), BOOKMARK events
-  (``allowWatchBookmarks``), ``compact(rv)`` -> an ERROR event with 410 Expired,
-  ``timeoutSeconds``.
-* Garbage collection of dependents (``ownerReferences`` by uid) when an owner is deleted:
-  background, foreground (finalizer ``foregroundDeletion``) and orphan.
-* RBAC denials (403 with the real texts), bearer-token authentication (401), fault injection
-  (status codes incl. 429 with Retry-After, hanging and dropped connections, faults after the
-  write was committed), a request log and per-verb counters, ``stop()``/``start()`` on the
-  same port with the state kept (like an API server restart in front of the same etcd).
+Why it is one file of this size: it is one server, imported as one thing by a dozen test
+modules and two benches; the sections below each hold one idea, in this order.
+
+Map (section: what it is, and who needs it)
+-------------------------------------------
+* Go-flavoured encoding, errors, field errors: ``Status`` bodies and 422 ``causes`` texts
+  byte for byte as the Go server writes them (recordings 05-17, 25, 30-34, 38-42).
+* Validation primitives, Go time parsing: DNS-1035/1123 names, port names, IPs, labels,
+  annotations, owner references (the texts the sinks' error handling reads); ``MicroTime``
+  needing six fractional digits (the leader's Lease ``renewTime``).
+* Schema: the Go structs as far as decoding (unknown fields dropped, apply rejects them,
+  wrong JSON types answer 400), Go field order/omitempty and structured merge need them.
+* Structured merge -- the part the sink depends on most (server-side apply of every Service
+  and EndpointSlice), checked against recordings 21-29, 31 and 43 with managedFields:
+  ownership per manager and operation (``Apply`` and ``Update`` of one manager differ);
+  list-maps keyed like the real schema (Service ports by port+protocol: a changed port is
+  another element, 25p2-25p4), atomic lists (EndpointSlice ``endpoints``/``ports``, 27-28)
+  and atomic list items (``ownerReferences``, 27); a field the applier stops applying is
+  removed unless another manager owns it (22, 24), and an element it owned as ``.`` goes
+  whole, even a field another manager owns inside it (25q3); equal values are co-owned
+  (31); an Update (merge patch, PUT, POST) takes fields without conflict (23, 25a, 31a);
+  apply without force on a field another manager owns answers 409 with the real message
+  and causes (25), ``force`` takes it over (26); an apply that changes nothing writes
+  nothing (same resourceVersion and managedFields time, 24, 29, 29b).
+* Resource types: Services, EndpointSlices, Leases (leader election), core/v1 Events (both
+  sinks write them) and, with ``gateway_api=True``, HTTPRoutes/GRPCRoutes (Gateway sink);
+  the discovery documents the Gateway sink reads and recordings 40a/40b and gateway 08-10
+  show.
+* Per-kind strategies: defaulting, cluster-IP allocation and the dual-stack fields of a
+  headless Service as recorded (21, 31a), validation with the real messages (ports,
+  1000-endpoint limit, address types, immutable clusterIP 31b, Lease and Event rules, the
+  routes' CEL rules from the gateway recordings).
+* Selectors: equality-based label selectors, all the sinks and tests send.
+* Request/response plumbing and the server: verbs get, list (``limit``/``continue`` with the
+  real token and ``remainingItemCount`` rule, 35-36c), watch, create (POST: Events, the
+  Lease, 30/39), update (PUT with optimistic concurrency: the Lease, 38/38c), patch
+  (server-side apply; JSON merge patch -- the sink hands a POST-created object's fields
+  over with one, conditional on its resourceVersion, and kubectl-edit in 23/25a/25p2/25q2/
+  34a), delete (uid/resourceVersion preconditions with
+  the real texts, 32-34; background garbage collection of dependents by ownerReference --
+  the sink relies on a Service's slices going with it).
+* Watch: replay from a resourceVersion, ADDED events for ``""``/``"0"``, objects leaving a
+  selector sent as DELETED, BOOKMARKs (the informers allow them; 37), ``compact(rv)`` -> 410
+  Expired (the informers' relist; tests/kubernetes, tests/faults), ``timeoutSeconds``.
+* Test controls: RBAC denials with the real 403 texts (``deny``/``allow``: tests/kubernetes,
+  15/16/41), bearer tokens and 401 (tests/kubernetes/test_client.py), fault injection
+  (``fail_next``: 429 with Retry-After, 5xx, hanging and dropped connections, faults after
+  the write committed -- tests/faults, tests/kubernetes, bench/soak.py), ``hold_watches``/
+  ``release_watches`` (tests/faults), ``set_status`` (a Gateway's verdict: tests/gateway),
+  ``stop()``/``start()`` on the same port with the state kept (an API server restart in
+  front of the same etcd: tests/faults, bench/soak.py), a request log (``exchanges``,
+  ``writes()``, ``count()``) that tests and benches count writes with.
 
 Deliberate differences from a real API server
 ---------------------------------------------
-* Namespaces exist implicitly unless ``namespaces=`` restricts them.
+* Namespaces exist implicitly and are not served as objects.
 * Lists always answer from the latest state: ``resourceVersion``/``resourceVersionMatch`` on
   a list are ignored and ``continue`` pages through the current state, not a snapshot.
 * Garbage collection runs synchronously inside the delete request (the real collector runs a
-  moment later); dangling owner references are only collected by ``collect_garbage()``.
-* The watch history is unbounded until ``compact()`` (or ``history_limit``) trims it; the
-  real watch cache keeps a bounded window and etcd compacts every five minutes.
+  moment later); only background propagation is served.
+* The watch history is unbounded until ``compact()`` trims it; the real watch cache keeps a
+  bounded window and etcd compacts every five minutes.
 * Subresources (``/status``, ``/proxy``) are not served; Service ``status`` writes through
   the main resource are ignored as on the real server.
-* Strategic merge patch supports merge keys, ``$patch: replace|delete`` and
-  ``$deleteFromPrimitiveList``; other directives are ignored.  Label selector parse errors
-  and a few decode errors are close to, not byte-identical with, the Go texts.
-* Events keep their managed-field paths in the core/v1 shape for both API versions.
 * ``metadata.managedFields`` sent with a create is recomputed rather than honoured (updates
-  and patches do honour it); Update managers are never folded into "ancient-changes".
-* Texts not covered by a recording (apply schema errors answered 500 "failed to create typed
-  patch object", decode errors, selector errors, events) follow the v1.24 sources as closely
-  as could be established; the recorded ones are exact.
-* Only JSON (and YAML request bodies) are spoken; no protobuf, no CBOR, no table output.
+  and patches do honour it); Update managers are never folded into "ancient-changes".  Like
+  the real server, an apply whose config differs from the stored object only in
+  server-defaulted fields inside an atomic list (an endpoint without ``conditions``)
+  refreshes the applier's managedFields time, so the resourceVersion moves when the
+  clock's second has changed.
+* Texts no recording covers (apply schema errors answered 500 "failed to create typed patch
+  object", decode errors) follow the v1.24 sources as closely as could be established.
+* Only JSON is spoken (apply bodies too: JSON is YAML, and the clients send JSON); no
+  protobuf, no table output.
 * Faults match the URL path (without query) by prefix; each matching request consumes one.
 
 Public API
 ----------
-``KubeDouble(*, host, port, user, tokens, forbid, namespaces, bookmark_interval,
-history_limit, clock)``; ``url``/``port``/``running``; ``start()``/``stop()`` (context
-manager); ``get``/``list``/``create``/``apply``/``update``/``delete`` (direct access, same
-semantics as the HTTP verbs, raising ``ApiError``); ``resource_version``; ``compact(rv)``;
-``send_bookmarks()``; ``hold_watches()``/``release_watches()``; ``collect_garbage()``;
-``deny``/``allow``; ``fail_next(...) -> Fault``;
-``clear_faults()``; ``request_log`` (``LoggedRequest``), ``exchanges`` (``Exchange``),
-``verb_counts``, ``writes()``, ``count(verb, resource)``, ``reset_log()``;
+``KubeDouble(*, host, port, user, tokens, bookmark_interval, clock, gateway_api)``;
+``url``/``port``/``running``; ``start()``/``stop()`` (context manager); ``get``/``list``/
+``create``/``apply``/``update``/``delete``/``set_status`` (direct access, same semantics as
+the HTTP verbs, raising ``ApiError``); ``resource_version``; ``compact(rv)``;
+``send_bookmarks()``; ``hold_watches()``/``release_watches()``; ``deny``/``allow``;
+``fail_next(...) -> Fault``; ``request_log`` (``LoggedRequest``), ``exchanges``
+(``Exchange``), ``writes()``, ``count(verb, resource)``, ``reset_log()``;
 ``active_watches``/``wait_for_watches(n)``.
 """
 
@@ -694,9 +700,6 @@ def validate_dns1123_label_field(value: str, path: str) -> list[FieldError]:
     return [f_invalid(path, value, msg) for msg in is_dns1123_label(value)]
 
 
-_STANDARD_FINALIZERS = frozenset({"kubernetes", "orphan", "foregroundDeletion"})
-
-
 def validate_object_meta(
     meta: Mapping[str, Any],
     name_fn: Callable[[str], list[str]],
@@ -704,12 +707,6 @@ def validate_object_meta(
 ) -> list[FieldError]:
     """``ValidateObjectMeta`` for a namespaced object."""
     errs: list[FieldError] = []
-    generate_name = meta.get("generateName") or ""
-    if generate_name:
-        errs.extend(
-            f_invalid(f"{path}.generateName", generate_name, msg)
-            for msg in name_fn(generate_name + "x")
-        )
     name = meta.get("name") or ""
     if not name:
         errs.append(f_required(f"{path}.name", "name or generateName is required"))
@@ -769,17 +766,6 @@ def validate_object_meta(
                 )
             else:
                 first_controller = current
-    for finalizer in meta.get("finalizers") or []:
-        msgs = is_qualified_name(finalizer)
-        errs.extend(f_invalid(f"{path}.finalizers", finalizer, msg) for msg in msgs)
-        if not msgs and "/" not in finalizer and finalizer not in _STANDARD_FINALIZERS:
-            errs.append(
-                f_invalid(
-                    f"{path}.finalizers",
-                    finalizer,
-                    "name is neither a standard finalizer name nor is it fully qualified",
-                )
-            )
     return errs
 
 
