@@ -99,7 +99,7 @@ Public API
 ``create``/``apply``/``update``/``delete``/``set_status`` (direct access, same semantics as
 the HTTP verbs, raising ``ApiError``); ``resource_version``; ``compact(rv)``;
 ``send_bookmarks()``; ``hold_watches()``/``release_watches()``; ``deny``/``allow``;
-``fail_next(...) -> Fault``; ``request_log`` (``LoggedRequest``), ``exchanges``
+``fail_next(...) -> Fault``/``clear_faults()``; ``request_log`` (``LoggedRequest``), ``exchanges``
 (``Exchange``), ``writes()``, ``count(verb, resource)``, ``reset_log()``;
 ``active_watches``/``wait_for_watches(n)``.
 """
@@ -3201,6 +3201,11 @@ class KubeDouble:
         with self._lock:
             self._faults.append(fault)
         return fault
+
+    def clear_faults(self) -> None:
+        """Forget every pending fault (bench/soak.py ends its outages with it)."""
+        with self._lock:
+            self._faults.clear()
 
     # -- watch control --------------------------------------------------------------------
 

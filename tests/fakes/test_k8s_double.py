@@ -1,8 +1,9 @@
 """Tests of the Kubernetes API server double.
 
-Two kinds of checks: recorded requests replayed byte for byte over HTTP (the answer must match
-the recording from a real kube-apiserver v1.24), and behaviour driven through the official
-``kubernetes`` client the way the sink uses it.
+Two kinds of checks: recorded requests replayed over HTTP (the answer must match the recording
+from a real kube-apiserver v1.24: 01-18 one by one, 21-43 -- server-side apply field ownership
+with managedFields -- in the order they were sent, uids and resourceVersions translated), and
+behaviour driven through the official ``kubernetes`` client the way the sinks use it.
 """
 
 from __future__ import annotations
