@@ -3,7 +3,9 @@
 Two kinds of checks: recorded requests replayed over HTTP (the answer must match the recording
 from a real kube-apiserver v1.24: 01-18 one by one, 21-43 -- server-side apply field ownership
 with managedFields -- in the order they were sent, uids and resourceVersions translated), and
-behaviour driven through the official ``kubernetes`` client the way the sinks use it.
+behaviour driven through the official ``kubernetes`` client the way the sinks use it.  One
+file, over 400 lines, because it is the double's specification: each test names a behaviour
+of the double that a recording or a client of it relies on.
 """
 
 from __future__ import annotations
