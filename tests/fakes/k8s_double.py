@@ -1,100 +1,106 @@
 """A Kubernetes API server test double that answers real HTTP on loopback.
 
-``KubeDouble`` emulates the part of a kube-apiserver (v1.24) that consul-sync's Kubernetes
-sink touches, closely enough that the official ``kubernetes`` Python client talks to it
-unchanged::
+``KubeDouble`` serves what consul-sync's Kubernetes and Gateway sinks ask of a kube-apiserver
+(v1.24), closely enough that the official ``kubernetes`` Python client talks to it unchanged::
 
     with KubeDouble() as kube:
         api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=kube.url))
         kubernetes.client.CoreV1Api(api).list_namespaced_service("default")
 
-Behaviour and error texts are modelled on exchanges recorded from a real API server
-(``tests/fixtures/kubernetes``, copied from the project's shared fixtures).  Where a
-recording exists the double reproduces the
-status code, the ``Status`` body and the message text exactly; the other texts are written
-from the v1.24 validation code in the same style.
+Where a recording from a real server exists (``tests/fixtures/kubernetes`` 01-43,
+``tests/fixtures/gateway``) the double answers with its status code and body exactly, and
+``tests/fakes/test_k8s_double.py`` replays them; other texts follow the v1.24 sources.
+Everything here is used by the sinks, by a test or bench that drives the double, or by a
+recording's replay; what none of them used (JSON and strategic merge patches, deletecollection,
+events.k8s.io/v1, field and set-based label selectors, foreground/orphan deletion and
+finalizers, dryRun, generateName, NodePort/LoadBalancer/ExternalName Services, namespaces,
+``/version``) is not served: such a request gets a 4xx that names it.
 
-What it models
---------------
-* Resources, all namespaced: core/v1 ``services``; discovery.k8s.io/v1 ``endpointslices``;
-  coordination.k8s.io/v1 ``leases``; core/v1 ``events`` and events.k8s.io/v1 ``events`` (one
-  store, converted per API version as the real server does).  Read-only ``namespaces``,
-  discovery documents (``/api``, ``/apis``, ``/api/v1`` ...), ``/version``, ``/healthz``.
-* Verbs: get; list (``labelSelector`` with ``=``/``==``/``!=``/``in``/``notin``/exists/
-  ``!``/``>``/``<``, ``fieldSelector`` on ``metadata.name``/``metadata.namespace`` and a
-  few event fields, ``limit``/``continue``); watch; create; update (PUT with optimistic
-  concurrency); patch (server-side apply, JSON merge patch, strategic merge patch, JSON
-  patch); delete (``propagationPolicy``, preconditions, finalizers); deletecollection;
-  ``dryRun=All``.
-* A single, global, monotonically increasing resourceVersion (like an etcd revision); uid,
-  creationTimestamp, generation (EndpointSlices), ``metadata.managedFields``.
-* Go-shaped JSON: field order of the Go structs, omitempty rules, ``"endpoints": null`` for
-  an empty EndpointSlice, ``"conditions": {}``, ``"name": ""`` on unnamed slice ports,
-  list items without ``kind``/``apiVersion``, ``<``/``>``/``&`` escaped as ``\\u003c``...
-* Server-side apply after structured-merge-diff: ownership per field manager (an ``Apply``
-  and an ``Update`` entry of the same manager are different owners), associative lists
-  keyed like the real schema (Service ``spec.ports`` by port+protocol, ``ownerReferences``
-  by uid), atomic lists (EndpointSlice ``endpoints``/``ports``, Service ``spec.selector``),
-  granular maps (labels, annotations), removal of fields an applier stopped applying (unless
-  someone else owns them), conflicts (409 with the real message and causes), ``force``.
-  An apply that changes nothing answers 200 with the same resourceVersion.  Like the real
-  server, an apply whose config differs from the stored object only in server-defaulted
-  fields inside an atomic list (e.g. an endpoint without ``conditions``) refreshes the
-  applier's managedFields timestamp, so the resourceVersion moves when the clock's second
-  has changed.
-* Defaulting (Service ``targetPort``, ``sessionAffinity``, ``type``, ``internalTrafficPolicy``,
-  ``ipFamilies``/``ipFamilyPolicy``/``clusterIPs`` as recorded, cluster-IP and node-port
-  allocation; EndpointSlice port name/protocol) and validation with the real messages (422
-  ``Invalid`` with ``details.causes``): DNS-1035 Service names, RFC 1123 port names, port
-  ranges, duplicate ports, 1000-endpoint limit, IPv4/IPv6/FQDN addresses, ``addressType``
-  required/immutable, labels, annotations, owner references, finalizers, Lease and Event
-  rules.  Request bodies are decoded like the Go server: unknown fields are dropped (apply
-  rejects them), wrong JSON types answer 400, ``MicroTime`` fields (Lease ``acquireTime``/
-  ``renewTime``, Event ``eventTime``) must carry exactly six fractional digits.
-* Watch (``?watch=1``): replay from a resourceVersion, synthetic ADDED events for ``""``/``"0"``,
-  selector transitions (an object that stops matching is sent as DELETED), BOOKMARK events
-  (``allowWatchBookmarks``), ``compact(rv)`` -> an ERROR event with 410 Expired,
-  ``timeoutSeconds``.
-* Garbage collection of dependents (``ownerReferences`` by uid) when an owner is deleted:
-  background, foreground (finalizer ``foregroundDeletion``) and orphan.
-* RBAC denials (403 with the real texts), bearer-token authentication (401), fault injection
-  (status codes incl. 429 with Retry-After, hanging and dropped connections, faults after the
-  write was committed), a request log and per-verb counters, ``stop()``/``start()`` on the
-  same port with the state kept (like an API server restart in front of the same etcd).
+Why it is one file of this size: it is one server, imported as one thing by a dozen test
+modules and two benches; the sections below each hold one idea, in this order.
+
+Map (section: what it is, and who needs it)
+-------------------------------------------
+* Go-flavoured encoding, errors, field errors: ``Status`` bodies and 422 ``causes`` texts
+  byte for byte as the Go server writes them (recordings 05-17, 25, 30-34, 38-42).
+* Validation primitives, Go time parsing: DNS-1035/1123 names, port names, IPs, labels,
+  annotations, owner references (the texts the sinks' error handling reads); ``MicroTime``
+  needing six fractional digits (the leader's Lease ``renewTime``).
+* Schema: the Go structs as far as decoding (unknown fields dropped, apply rejects them,
+  wrong JSON types answer 400), Go field order/omitempty and structured merge need them.
+* Structured merge -- the part the sink depends on most (server-side apply of every Service
+  and EndpointSlice), checked against recordings 21-29, 31 and 43 with managedFields:
+  ownership per manager and operation (``Apply`` and ``Update`` of one manager differ);
+  list-maps keyed like the real schema (Service ports by port+protocol: a changed port is
+  another element, 25p2-25p4), atomic lists (EndpointSlice ``endpoints``/``ports``, 27-28)
+  and atomic list items (``ownerReferences``, 27); a field the applier stops applying is
+  removed unless another manager owns it (22, 24), and an element it owned as ``.`` goes
+  whole, even a field another manager owns inside it (25q3); equal values are co-owned
+  (31); an Update (merge patch, PUT, POST) takes fields without conflict (23, 25a, 31a);
+  apply without force on a field another manager owns answers 409 with the real message
+  and causes (25), ``force`` takes it over (26); an apply that changes nothing writes
+  nothing (same resourceVersion and managedFields time, 24, 29, 29b).
+* Resource types: Services, EndpointSlices, Leases (leader election), core/v1 Events (both
+  sinks write them) and, with ``gateway_api=True``, HTTPRoutes/GRPCRoutes (Gateway sink);
+  the discovery documents the Gateway sink reads and recordings 40a/40b and gateway 08-10
+  show.
+* Per-kind strategies: defaulting, cluster-IP allocation and the dual-stack fields of a
+  headless Service as recorded (21, 31a), validation with the real messages (ports,
+  1000-endpoint limit, address types, immutable clusterIP 31b, Lease and Event rules, the
+  routes' CEL rules from the gateway recordings).
+* Selectors: equality-based label selectors, all the sinks and tests send.
+* Request/response plumbing and the server: verbs get, list (``limit``/``continue`` with the
+  real token and ``remainingItemCount`` rule, 35-36c), watch, create (POST: Events, the
+  Lease, 30/39), update (PUT with optimistic concurrency: the Lease, 38/38c), patch
+  (server-side apply; JSON merge patch -- the sink hands a POST-created object's fields
+  over with one, conditional on its resourceVersion, and kubectl-edit in 23/25a/25p2/25q2/
+  34a), delete (uid/resourceVersion preconditions with
+  the real texts, 32-34; background garbage collection of dependents by ownerReference --
+  the sink relies on a Service's slices going with it).
+* Watch: replay from a resourceVersion, ADDED events for ``""``/``"0"``, objects leaving a
+  selector sent as DELETED, BOOKMARKs (the informers allow them; 37), ``compact(rv)`` -> 410
+  Expired (the informers' relist; tests/kubernetes, tests/faults), ``timeoutSeconds``.
+* Test controls: RBAC denials with the real 403 texts (``deny``/``allow``: tests/kubernetes,
+  15/16/41), bearer tokens and 401 (tests/kubernetes/test_client.py), fault injection
+  (``fail_next``: 429 with Retry-After, 5xx, hanging and dropped connections, faults after
+  the write committed -- tests/faults, tests/kubernetes, bench/soak.py), ``hold_watches``/
+  ``release_watches`` (tests/faults), ``set_status`` (a Gateway's verdict: tests/gateway),
+  ``stop()``/``start()`` on the same port with the state kept (an API server restart in
+  front of the same etcd: tests/faults, bench/soak.py), a request log (``exchanges``,
+  ``writes()``, ``count()``) that tests and benches count writes with.
 
 Deliberate differences from a real API server
 ---------------------------------------------
-* Namespaces exist implicitly unless ``namespaces=`` restricts them.
+* Namespaces exist implicitly and are not served as objects.
 * Lists always answer from the latest state: ``resourceVersion``/``resourceVersionMatch`` on
   a list are ignored and ``continue`` pages through the current state, not a snapshot.
 * Garbage collection runs synchronously inside the delete request (the real collector runs a
-  moment later); dangling owner references are only collected by ``collect_garbage()``.
-* The watch history is unbounded until ``compact()`` (or ``history_limit``) trims it; the
-  real watch cache keeps a bounded window and etcd compacts every five minutes.
+  moment later); only background propagation is served.
+* The watch history is unbounded until ``compact()`` trims it; the real watch cache keeps a
+  bounded window and etcd compacts every five minutes.
 * Subresources (``/status``, ``/proxy``) are not served; Service ``status`` writes through
   the main resource are ignored as on the real server.
-* Strategic merge patch supports merge keys, ``$patch: replace|delete`` and
-  ``$deleteFromPrimitiveList``; other directives are ignored.  Label selector parse errors
-  and a few decode errors are close to, not byte-identical with, the Go texts.
-* Events keep their managed-field paths in the core/v1 shape for both API versions.
 * ``metadata.managedFields`` sent with a create is recomputed rather than honoured (updates
-  and patches do honour it); Update managers are never folded into "ancient-changes".
-* Texts not covered by a recording (apply schema errors answered 500 "failed to create typed
-  patch object", decode errors, selector errors, events) follow the v1.24 sources as closely
-  as could be established; the recorded ones are exact.
-* Only JSON (and YAML request bodies) are spoken; no protobuf, no CBOR, no table output.
+  and patches do honour it); Update managers are never folded into "ancient-changes".  Like
+  the real server, an apply whose config differs from the stored object only in
+  server-defaulted fields inside an atomic list (an endpoint without ``conditions``)
+  refreshes the applier's managedFields time, so the resourceVersion moves when the
+  clock's second has changed.
+* Texts no recording covers (apply schema errors answered 500 "failed to create typed patch
+  object", decode errors) follow the v1.24 sources as closely as could be established.
+* Only JSON is spoken (apply bodies too: JSON is YAML, and the clients send JSON); no
+  protobuf, no table output.
 * Faults match the URL path (without query) by prefix; each matching request consumes one.
 
 Public API
 ----------
-``KubeDouble(*, host, port, user, tokens, forbid, namespaces, bookmark_interval,
-history_limit, clock)``; ``url``/``port``/``running``; ``start()``/``stop()`` (context
-manager); ``get``/``list``/``create``/``apply``/``update``/``delete`` (direct access, same
-semantics as the HTTP verbs, raising ``ApiError``); ``resource_version``; ``compact(rv)``;
-``send_bookmarks()``; ``hold_watches()``/``release_watches()``; ``collect_garbage()``;
-``deny``/``allow``; ``fail_next(...) -> Fault``;
-``clear_faults()``; ``request_log`` (``LoggedRequest``), ``exchanges`` (``Exchange``),
-``verb_counts``, ``writes()``, ``count(verb, resource)``, ``reset_log()``;
+``KubeDouble(*, host, port, user, tokens, bookmark_interval, clock, gateway_api)``;
+``url``/``port``/``running``; ``start()``/``stop()`` (context manager); ``get``/``list``/
+``create``/``apply``/``update``/``delete``/``set_status`` (direct access, same semantics as
+the HTTP verbs, raising ``ApiError``); ``resource_version``; ``compact(rv)``;
+``send_bookmarks()``; ``hold_watches()``/``release_watches()``; ``deny``/``allow``;
+``fail_next(...) -> Fault``/``clear_faults()``; ``request_log`` (``LoggedRequest``), ``exchanges``
+(``Exchange``), ``writes()``, ``count(verb, resource)``, ``reset_log()``;
 ``active_watches``/``wait_for_watches(n)``.
 """
 
@@ -108,22 +114,18 @@ import contextlib
 import copy
 import ipaddress
 import json
-import random
 import re
 import select
 import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, NamedTuple, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
-
-import yaml
 
 __all__ = [
     "ApiError",
@@ -135,18 +137,6 @@ __all__ = [
 
 Obj = dict[str, Any]
 FieldPath = tuple[str, ...]
-
-SERVER_VERSION: Obj = {
-    "major": "1",
-    "minor": "24",
-    "gitVersion": "v1.24.17",
-    "gitCommit": "22a9682c8fe855c321be75c5faacde343f909b04",
-    "gitTreeState": "clean",
-    "buildDate": "2023-08-23T23:37:25Z",
-    "goVersion": "go1.20.7",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
 
 NAMESPACE_MISMATCH_MESSAGE = (
     "the namespace of the provided object does not match the namespace sent on the request"
@@ -710,9 +700,6 @@ def validate_dns1123_label_field(value: str, path: str) -> list[FieldError]:
     return [f_invalid(path, value, msg) for msg in is_dns1123_label(value)]
 
 
-_STANDARD_FINALIZERS = frozenset({"kubernetes", "orphan", "foregroundDeletion"})
-
-
 def validate_object_meta(
     meta: Mapping[str, Any],
     name_fn: Callable[[str], list[str]],
@@ -720,12 +707,6 @@ def validate_object_meta(
 ) -> list[FieldError]:
     """``ValidateObjectMeta`` for a namespaced object."""
     errs: list[FieldError] = []
-    generate_name = meta.get("generateName") or ""
-    if generate_name:
-        errs.extend(
-            f_invalid(f"{path}.generateName", generate_name, msg)
-            for msg in name_fn(generate_name + "x")
-        )
     name = meta.get("name") or ""
     if not name:
         errs.append(f_required(f"{path}.name", "name or generateName is required"))
@@ -785,17 +766,6 @@ def validate_object_meta(
                 )
             else:
                 first_controller = current
-    for finalizer in meta.get("finalizers") or []:
-        msgs = is_qualified_name(finalizer)
-        errs.extend(f_invalid(f"{path}.finalizers", finalizer, msg) for msg in msgs)
-        if not msgs and "/" not in finalizer and finalizer not in _STANDARD_FINALIZERS:
-            errs.append(
-                f_invalid(
-                    f"{path}.finalizers",
-                    finalizer,
-                    "name is neither a standard finalizer name nor is it fully qualified",
-                )
-            )
     return errs
 
 
@@ -949,13 +919,17 @@ class MapOf:
 
 @dataclass(frozen=True, eq=False)
 class AssocList:
-    """A ``listType=map`` list; items are identified by their key fields."""
+    """A ``listType=map`` list; items are identified by their key fields.
+
+    ``atomic_items``: each item is owned and replaced as a whole (``structType=atomic``, as
+    ``OwnerReference``: recording 27 shows ``k:{"uid":...}: {}``).
+    """
 
     keys: tuple[str, ...]
     item: Struct
     key_defaults: tuple[tuple[str, Any], ...] = ()
-    patch_merge_key: str = ""
     absent: Absent = "omit"
+    atomic_items: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -1039,7 +1013,7 @@ OBJECT_META = Struct(
         "deletionGracePeriodSeconds": I64P,
         "labels": MapOf(S),
         "annotations": MapOf(S),
-        "ownerReferences": AssocList(("uid",), OWNER_REFERENCE, patch_merge_key="uid"),
+        "ownerReferences": AssocList(("uid",), OWNER_REFERENCE, atomic_items=True),
         "finalizers": SetList(S),
         "managedFields": AtomicList(MANAGED_FIELDS_ENTRY),
     },
@@ -1085,7 +1059,6 @@ SERVICE = _object(
                     ("port", "protocol"),
                     SERVICE_PORT,
                     key_defaults=(("protocol", "TCP"),),
-                    patch_merge_key="port",
                 ),
                 "selector": Atomic(MapOf(S)),
                 "clusterIP": S,
@@ -1190,37 +1163,6 @@ CORE_EVENT = _object(
         "reportingComponent": SR,
         "reportingInstance": SR,
     },
-)
-EVENTS_V1_EVENT = _object(
-    "Event",
-    "v1",
-    {
-        "eventTime": MICRO,
-        "series": Atomic(EVENT_SERIES),
-        "reportingController": S,
-        "reportingInstance": S,
-        "action": S,
-        "reason": S,
-        "regarding": Atomic(OBJECT_REFERENCE, absent="zero"),
-        "related": Atomic(OBJECT_REFERENCE),
-        "note": S,
-        "type": S,
-        "deprecatedSource": Atomic(EVENT_SOURCE, absent="zero"),
-        "deprecatedFirstTimestamp": TIME,
-        "deprecatedLastTimestamp": TIME,
-        "deprecatedCount": I32,
-    },
-)
-
-# events.k8s.io/v1 field name -> core/v1 field name
-_EVENT_FIELD_MAP = (
-    ("regarding", "involvedObject"),
-    ("note", "message"),
-    ("reportingController", "reportingComponent"),
-    ("deprecatedSource", "source"),
-    ("deprecatedFirstTimestamp", "firstTimestamp"),
-    ("deprecatedLastTimestamp", "lastTimestamp"),
-    ("deprecatedCount", "count"),
 )
 
 
@@ -1531,7 +1473,8 @@ def _collect_fields(value: Any, node: Node, prefix: FieldPath, out: set[FieldPat
             if not isinstance(item, dict):
                 continue
             path = (*prefix, key_element(item, node))
-            _collect_fields(item, node.item, path, out)
+            if not node.atomic_items:
+                _collect_fields(item, node.item, path, out)
             out.add(path)
     elif isinstance(node, SetList):
         for item in value:
@@ -1560,7 +1503,9 @@ def _walk_paths(
                 _walk_paths(child_value, child, (*prefix, "f:" + key), out)
     elif isinstance(node, AssocList) and isinstance(value, list):
         for item in value:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and node.atomic_items:
+                out[(*prefix, key_element(item, node))] = (item, True)
+            elif isinstance(item, dict):
                 _walk_paths(item, node.item, (*prefix, key_element(item, node)), out)
     elif isinstance(node, SetList) and isinstance(value, list):
         for item in value:
@@ -1636,6 +1581,8 @@ def merge_values(live: Any, config: Any, node: Node) -> Any:
             return key_element(item, assoc) if isinstance(item, dict) else "?"
 
         def merge_item(left: Any, right: Any) -> Any:
+            if assoc.atomic_items:
+                return copy.deepcopy(right)
             return merge_values(left, right, assoc.item)
 
     return _merge_list(lhs, config, element, merge_item)
@@ -1732,14 +1679,18 @@ def remove_path(obj: Obj, path: FieldPath, node: Node) -> None:
 def prune(
     merged: Obj, candidates: Iterable[FieldPath], owned: Iterable[FieldPath], node: Node
 ) -> Obj:
-    """Remove fields the applier stopped applying unless a manager still owns something there."""
-    kept_prefixes: set[FieldPath] = set()
-    for path in owned:
-        for end in range(1, len(path) + 1):
-            kept_prefixes.add(path[:end])
+    """Remove what the applier stopped applying, then add back what a manager still owns.
+
+    structured-merge-diff's ``prune`` + ``addBackOwnedItems``: each field the applier no
+    longer applies is removed with everything below it (a list element it owned as ``.``
+    goes whole, even a field another manager owns inside it, recording 25q3); a removed
+    field that some manager owns on its own stays (recording 24).
+    """
+    pruned = copy.deepcopy(merged)
     for path in sorted(candidates, key=len):
-        if path in kept_prefixes:
-            continue
+        remove_path(pruned, path, node)
+    gone = field_set(merged, node) - field_set(pruned, node) - set(owned)
+    for path in sorted(gone, key=len):
         remove_path(merged, path, node)
     return merged
 
@@ -1899,7 +1850,9 @@ class ResourceType:
     allow_create_on_update: bool = False
     reset_fields: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
-    field_labels: tuple[str, ...] = ("metadata.name", "metadata.namespace")
+    #: Discovery: ``categories`` and ``storageVersionHash`` where a recording shows them (40a/b).
+    categories: tuple[str, ...] = ()
+    storage_version_hash: str = ""
     #: A custom resource (Gateway API): typed list items, status subresource.
     custom: bool = False
 
@@ -1912,29 +1865,9 @@ class ResourceType:
         """``GroupResource.String()``: ``services`` or ``endpointslices.discovery.k8s.io``."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    @property
-    def is_events_v1(self) -> bool:
-        return self.group == "events.k8s.io"
-
     def gvk_text(self) -> str:
         return f"{self.group}/{self.version}, Kind={self.kind}"
 
-
-_CORE_EVENT_FIELD_LABELS = (
-    "metadata.name",
-    "metadata.namespace",
-    "involvedObject.kind",
-    "involvedObject.namespace",
-    "involvedObject.name",
-    "involvedObject.uid",
-    "involvedObject.apiVersion",
-    "involvedObject.resourceVersion",
-    "involvedObject.fieldPath",
-    "reason",
-    "reportingComponent",
-    "source",
-    "type",
-)
 
 SERVICES = ResourceType(
     "",
@@ -1946,9 +1879,17 @@ SERVICES = ResourceType(
     return_deleted_object=True,
     reset_fields=("status",),
     short_names=("svc",),
+    categories=("all",),
+    storage_version_hash="0/CO1lhkEBI=",
 )
 ENDPOINT_SLICES = ResourceType(
-    "discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", ENDPOINT_SLICE, "endpointslices"
+    "discovery.k8s.io",
+    "v1",
+    "endpointslices",
+    "EndpointSlice",
+    ENDPOINT_SLICE,
+    "endpointslices",
+    storage_version_hash="Nx3SIv6I0mE=",
 )
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", LEASE, "leases")
 CORE_EVENTS = ResourceType(
@@ -1960,28 +1901,6 @@ CORE_EVENTS = ResourceType(
     "events",
     allow_create_on_update=True,
     short_names=("ev",),
-    field_labels=_CORE_EVENT_FIELD_LABELS,
-)
-EVENTS_V1 = ResourceType(
-    "events.k8s.io",
-    "v1",
-    "events",
-    "Event",
-    EVENTS_V1_EVENT,
-    "events",
-    allow_create_on_update=True,
-    short_names=("ev",),
-    field_labels=(
-        "metadata.name",
-        "metadata.namespace",
-        "regarding.kind",
-        "regarding.name",
-        "regarding.namespace",
-        "regarding.uid",
-        "reason",
-        "type",
-        "reportingController",
-    ),
 )
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 
@@ -2035,7 +1954,6 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ENDPOINT_SLICES,
     LEASES,
     CORE_EVENTS,
-    EVENTS_V1,
     HTTPROUTES,
     GRPCROUTES,
 )
@@ -2194,26 +2112,9 @@ def resource_type(name: str) -> ResourceType:
     raise KeyError(f"unknown resource {name!r}")
 
 
-def events_v1_to_core(obj: Obj) -> Obj:
-    out: Obj = {}
-    mapping = dict(_EVENT_FIELD_MAP)
-    for key, value in obj.items():
-        out[mapping.get(key, key)] = value
-    out.pop("apiVersion", None)
-    out.pop("kind", None)
-    return out
-
-
-def core_event_to_v1(obj: Obj) -> Obj:
-    mapping = {core: v1 for v1, core in _EVENT_FIELD_MAP}
-    out = {mapping.get(key, key): value for key, value in obj.items()}
-    return cast(Obj, shape(out, EVENTS_V1_EVENT))
-
-
 def _empty_object(rt: ResourceType) -> Obj:
     """What ``New()`` of the Go type looks like once converted (the live side of a create)."""
-    storage_rt = _STORAGE_TYPE[rt.storage]
-    obj = cast(Obj, shape({"metadata": {}}, storage_rt.schema))
+    obj = cast(Obj, shape({"metadata": {}}, rt.schema))
     obj.pop("kind", None)
     obj.pop("apiVersion", None)
     return obj
@@ -2223,7 +2124,6 @@ def _empty_object(rt: ResourceType) -> Obj:
 # Per-kind strategies: defaulting, preparation, validation
 # ---------------------------------------------------------------------------------------------
 
-_SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
 _PROTOCOLS = ("SCTP", "TCP", "UDP")
 _IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
 
@@ -2377,12 +2277,6 @@ def _default_service(obj: Obj) -> None:
         spec = obj["spec"] = {}
     if not spec.get("sessionAffinity"):
         spec["sessionAffinity"] = "None"
-    if spec["sessionAffinity"] == "None":
-        spec.pop("sessionAffinityConfig", None)
-    elif spec["sessionAffinity"] == "ClientIP":
-        config = spec.get("sessionAffinityConfig") or {}
-        if not (config.get("clientIP") or {}).get("timeoutSeconds"):
-            spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 10800}}
     if not spec.get("type"):
         spec["type"] = "ClusterIP"
     for port in spec.get("ports") or []:
@@ -2392,23 +2286,16 @@ def _default_service(obj: Obj) -> None:
             port["protocol"] = "TCP"
         if port.get("targetPort") in (None, 0, ""):
             port["targetPort"] = port.get("port", 0)
-    if spec["type"] in ("NodePort", "LoadBalancer") and not spec.get("externalTrafficPolicy"):
-        spec["externalTrafficPolicy"] = "Cluster"
-    if spec["type"] in ("ClusterIP", "NodePort", "LoadBalancer") and (
-        spec.get("internalTrafficPolicy") is None
-    ):
+    if spec.get("internalTrafficPolicy") is None:
         spec["internalTrafficPolicy"] = "Cluster"
-    if spec["type"] == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is None:
-        spec["allocateLoadBalancerNodePorts"] = True
 
 
 class _Allocator:
-    """Cluster IPs (10.96.0.0/12 and fd00:10:96::/112) and node ports (30000-32767)."""
+    """Cluster IPs (10.96.0.0/12 and fd00:10:96::/112)."""
 
     def __init__(self) -> None:
         self.next_v4 = int(ipaddress.IPv4Address("10.96.0.10"))
         self.next_v6 = int(ipaddress.IPv6Address("fd00:10:96::a"))
-        self.next_node_port = 30000
 
     def ip(self, family: str) -> str:
         if family == "IPv6":
@@ -2416,13 +2303,6 @@ class _Allocator:
             return str(ipaddress.IPv6Address(self.next_v6 - 1))
         self.next_v4 += 1
         return str(ipaddress.IPv4Address(self.next_v4 - 1))
-
-    def node_port(self, used: set[int]) -> int:
-        while self.next_node_port in used:
-            self.next_node_port += 1
-        port = self.next_node_port
-        self.next_node_port = 30000 + (self.next_node_port - 30000 + 1) % 2768
-        return port
 
 
 def _is_headless(spec: Mapping[str, Any]) -> bool:
@@ -2435,32 +2315,19 @@ def prepare_service(obj: Obj, old: Obj | None, alloc: _Allocator) -> None:
     obj["status"] = copy.deepcopy(old.get("status")) if old else {"loadBalancer": {}}
     if old is not None:
         old_spec = old.get("spec") or {}
-        if spec.get("type") != "ExternalName" and old_spec.get("type") != "ExternalName":
-            if not spec.get("clusterIP"):
-                spec["clusterIP"] = old_spec.get("clusterIP", "")
-            if not spec.get("clusterIPs") and old_spec.get("clusterIPs"):
-                spec["clusterIPs"] = list(old_spec["clusterIPs"])
-            if spec.get("ipFamilyPolicy") is None and old_spec.get("ipFamilyPolicy"):
-                spec["ipFamilyPolicy"] = old_spec["ipFamilyPolicy"]
-            if not spec.get("ipFamilies") and old_spec.get("ipFamilies"):
-                spec["ipFamilies"] = list(old_spec["ipFamilies"])
-        old_node_ports = {
-            p.get("name", ""): p.get("nodePort", 0) for p in old_spec.get("ports") or []
-        }
-        for port in spec.get("ports") or []:
-            if isinstance(port, dict) and not port.get("nodePort"):
-                previous = old_node_ports.get(port.get("name", ""), 0)
-                if previous and spec.get("type") in ("NodePort", "LoadBalancer"):
-                    port["nodePort"] = previous
+        if not spec.get("clusterIP"):
+            spec["clusterIP"] = old_spec.get("clusterIP", "")
+        if not spec.get("clusterIPs") and old_spec.get("clusterIPs"):
+            spec["clusterIPs"] = list(old_spec["clusterIPs"])
+        if spec.get("ipFamilyPolicy") is None and old_spec.get("ipFamilyPolicy"):
+            spec["ipFamilyPolicy"] = old_spec["ipFamilyPolicy"]
+        if not spec.get("ipFamilies") and old_spec.get("ipFamilies"):
+            spec["ipFamilies"] = list(old_spec["ipFamilies"])
     # NormalizeClusterIPs
     if not spec.get("clusterIPs") and spec.get("clusterIP"):
         spec["clusterIPs"] = [spec["clusterIP"]]
     elif spec.get("clusterIPs") and not spec.get("clusterIP"):
         spec["clusterIP"] = spec["clusterIPs"][0]
-    if spec.get("type") == "ExternalName":
-        spec.pop("ipFamilies", None)
-        spec.pop("ipFamilyPolicy", None)
-        return
     families = list(spec.get("ipFamilies") or [])
     policy = spec.get("ipFamilyPolicy")
     headless_selectorless = _is_headless(spec) and not spec.get("selector")
@@ -2488,14 +2355,6 @@ def prepare_service(obj: Obj, old: Obj | None, alloc: _Allocator) -> None:
         spec["clusterIP"] = ips[0]
     else:
         spec["clusterIPs"] = ["None"]
-    if spec.get("type") in ("NodePort", "LoadBalancer") and spec.get(
-        "allocateLoadBalancerNodePorts", True
-    ):
-        used = {p.get("nodePort") for p in spec.get("ports") or [] if isinstance(p, dict)}
-        for port in spec.get("ports") or []:
-            if isinstance(port, dict) and not port.get("nodePort"):
-                port["nodePort"] = alloc.node_port(cast(set[int], used))
-                used.add(port["nodePort"])
 
 
 def _service_port_repr(protocol: str, port: int) -> GoRepr:
@@ -2514,9 +2373,7 @@ def validate_service(obj: Obj, old: Obj | None) -> list[FieldError]:
         old_spec = old.get("spec") or {}
         old_ips = list(old_spec.get("clusterIPs") or [])
         new_ips = list(spec.get("clusterIPs") or [])
-        both_headless = _is_headless(old_spec) and _is_headless(spec)
-        external = "ExternalName" in (spec.get("type"), old_spec.get("type"))
-        if not both_headless and not external:
+        if not (_is_headless(old_spec) and _is_headless(spec)):
             ips_repr = GoRepr("[]string{" + ", ".join(go_quote(ip) for ip in new_ips) + "}")
             if len(old_ips) == len(new_ips):
                 for index, ip in enumerate(old_ips):
@@ -2533,14 +2390,8 @@ def validate_service(obj: Obj, old: Obj | None) -> list[FieldError]:
     errs.extend(validate_object_meta(obj.get("metadata") or {}, is_dns1035_label))
     service_type = spec.get("type") or ""
     ports = [p for p in spec.get("ports") or [] if isinstance(p, dict)]
-    if not ports and not _is_headless(spec) and service_type != "ExternalName":
+    if not ports and not _is_headless(spec):
         errs.append(f_required("spec.ports"))
-    if service_type == "ExternalName":
-        external_name = spec.get("externalName") or ""
-        if not external_name:
-            errs.append(f_required("spec.externalName"))
-        else:
-            errs.extend(validate_fqdn("spec.externalName", external_name))
     names: set[str] = set()
     for index, port in enumerate(ports):
         path = f"spec.ports[{index}]"
@@ -2599,21 +2450,8 @@ def validate_service(obj: Obj, old: Obj | None) -> list[FieldError]:
                     path, ip_text, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
                 )
             )
-    for index, ip_text in enumerate(spec.get("externalIPs") or []):
-        errs.extend(validate_endpoint_ip(ip_text, f"spec.externalIPs[{index}]"))
-    if not service_type:
-        errs.append(f_required("spec.type"))
-    elif service_type not in _SERVICE_TYPES:
-        errs.append(f_not_supported("spec.type", service_type, _SERVICE_TYPES))
-    if service_type == "ClusterIP":
-        for index, port in enumerate(ports):
-            if port.get("nodePort"):
-                errs.append(
-                    f_forbidden(
-                        f"spec.ports[{index}].nodePort",
-                        "may not be used when `type` is 'ClusterIP'",
-                    )
-                )
+    if service_type != "ClusterIP":  # NodePort, LoadBalancer, ExternalName: not served
+        errs.append(f_not_supported("spec.type", service_type, ("ClusterIP",)))
     seen_keys: set[tuple[str, int]] = set()
     for index, port in enumerate(ports):
         key = (port.get("protocol") or "", port.get("port", 0))
@@ -2749,13 +2587,12 @@ def validate_lease(obj: Obj, _old: Obj | None) -> list[FieldError]:
 
 
 def validate_event(obj: Obj, rt: ResourceType) -> list[FieldError]:
-    """``ValidateEventCreate`` (legacy rules for core/v1, strict rules for events.k8s.io/v1)."""
+    """``ValidateEventCreate`` for core/v1 Events."""
     errs: list[FieldError] = []
     meta = obj.get("metadata") or {}
     namespace = meta.get("namespace") or ""
     involved = obj.get("involvedObject") or {}
     involved_ns = involved.get("namespace") or ""
-    controller_field = "reportingController" if rt.is_events_v1 else "reportingComponent"
     if obj.get("eventTime") is None:
         if not involved_ns:
             if namespace not in ("", "default"):
@@ -2775,9 +2612,9 @@ def validate_event(obj: Obj, rt: ResourceType) -> list[FieldError]:
             )
         controller = obj.get("reportingComponent") or ""
         if not controller:
-            errs.append(f_required(controller_field))
+            errs.append(f_required("reportingComponent"))
         errs.extend(
-            f_invalid(controller_field, controller, m) for m in is_qualified_name(controller)
+            f_invalid("reportingComponent", controller, m) for m in is_qualified_name(controller)
         )
         instance = obj.get("reportingInstance") or ""
         if not instance:
@@ -2797,24 +2634,6 @@ def validate_event(obj: Obj, rt: ResourceType) -> list[FieldError]:
         if len(obj.get("message") or "") > 1024:
             errs.append(f_invalid("message", "", "can have at most 1024 characters"))
     errs.extend(f_invalid("namespace", namespace, m) for m in is_dns1123_subdomain(namespace))
-    if rt.is_events_v1:
-        errs.extend(validate_object_meta(meta, is_dns1123_subdomain))
-        if obj.get("eventTime") is None:
-            errs.append(f_required("eventTime"))
-        event_type = obj.get("type") or ""
-        if event_type not in ("Normal", "Warning"):
-            errs.append(f_invalid("type", "", f"has invalid value: {event_type}"))
-        if obj.get("firstTimestamp") is not None:
-            errs.append(f_invalid("deprecatedFirstTimestamp", "", "needs to be unset"))
-        if obj.get("lastTimestamp") is not None:
-            errs.append(f_invalid("deprecatedLastTimestamp", "", "needs to be unset"))
-        if obj.get("count"):
-            errs.append(f_invalid("deprecatedCount", "", "needs to be unset"))
-        source = obj.get("source") or {}
-        if source.get("component") or source.get("host"):
-            errs.append(f_invalid("deprecatedSource", "", "needs to be unset"))
-        if len(obj.get("message") or "") > 1024:
-            errs.append(f_invalid("note", "", "can have at most 1024 characters"))
     return errs
 
 
@@ -2859,247 +2678,53 @@ class SelectorError(Exception):
 
 class Requirement(NamedTuple):
     key: str
-    operator: str  # "=", "!=", "in", "notin", "exists", "!", "gt", "lt"
-    values: tuple[str, ...]
+    equal: bool  # ``=``/``==`` or ``!=``
+    value: str
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        present = self.key in labels
-        value = labels.get(self.key, "")
-        if self.operator == "=":
-            return present and value == self.values[0]
-        if self.operator == "in":
-            return present and value in self.values
-        if self.operator == "!=":
-            return not present or value != self.values[0]
-        if self.operator == "notin":
-            return not present or value not in self.values
-        if self.operator == "exists":
-            return present
-        if self.operator == "!":
-            return not present
-        if not present:
-            return False
-        try:
-            have, want = int(value), int(self.values[0])
-        except ValueError:
-            return False
-        return have > want if self.operator == "gt" else have < want
-
-
-_SELECTOR_SPECIALS = "=!(),<>"
-
-
-def _selector_tokens(text: str) -> list[str]:
-    tokens: list[str] = []
-    index = 0
-    while index < len(text):
-        ch = text[index]
-        if ch in " \t\r\n":
-            index += 1
-        elif ch in _SELECTOR_SPECIALS:
-            two = text[index : index + 2]
-            if two in ("==", "!="):
-                tokens.append(two)
-                index += 2
-            else:
-                tokens.append(ch)
-                index += 1
-        else:
-            start = index
-            while index < len(text) and text[index] not in _SELECTOR_SPECIALS + " \t\r\n":
-                index += 1
-            tokens.append(text[start:index])
-    return tokens
-
-
-def _is_identifier(token: str | None) -> bool:
-    return token is not None and token[0] not in _SELECTOR_SPECIALS
+        if self.equal:
+            return self.key in labels and labels[self.key] == self.value
+        return labels.get(self.key) != self.value
 
 
 def parse_label_selector(text: str) -> list[Requirement]:
-    """``labels.Parse``."""
-    tokens = _selector_tokens(text)
-    position = 0
+    """Equality-based label selectors (``a=b,c!=d``): all the sink and the tests send.
 
-    def peek() -> str | None:
-        return tokens[position] if position < len(tokens) else None
-
-    def take() -> str | None:
-        nonlocal position
-        token = peek()
-        position += 1
-        return token
-
-    def validate_key(key: str) -> None:
-        msgs = is_qualified_name(key)
-        if msgs:
-            raise SelectorError(
-                "unable to parse requirement: "
-                + aggregate_message(f_invalid("key", key, m) for m in msgs)
-            )
-
-    def validate_values(key: str, values: Iterable[str]) -> None:
-        errs = [
-            f_invalid(f"values[{i}][{key}]", value, m)
-            for i, value in enumerate(values)
-            for m in is_valid_label_value(value)
-        ]
-        if errs:
-            raise SelectorError("unable to parse requirement: " + aggregate_message(errs))
-
+    Set-based ones (``in``, ``notin``, ``!key``, ``key``) answer 400 here though a real server
+    takes them.
+    """
     requirements: list[Requirement] = []
-    while True:
-        token = peek()
-        if token is None:
-            return requirements
-        if (token != "!" and not _is_identifier(token)) or token in ("in", "notin"):
-            raise SelectorError(f"found '{token}', expected: !, identifier, or 'end of string'")
-        negated = token == "!"
-        if negated:
-            take()
-        key = take()
-        if not _is_identifier(key) or key is None:
-            raise SelectorError(f"found '{key or ''}', expected: identifier")
-        validate_key(key)
-        following = peek()
-        if following in (None, ","):
-            requirements.append(Requirement(key, "!" if negated else "exists", ()))
-        elif negated:
-            raise SelectorError(f"found '{following}', expected: ',' or 'end of string'")
-        else:
-            operator = take()
-            if operator in ("in", "notin"):
-                if take() != "(":
-                    raise SelectorError(f"found '{peek() or ''}', expected: '('")
-                values: list[str] = []
-                while True:
-                    item = take()
-                    if item == ")":
-                        break
-                    if item == ",":
-                        values.append("")
-                        continue
-                    if not _is_identifier(item) or item is None:
-                        raise SelectorError(f"found '{item or ''}', expected: ',', or identifier")
-                    values.append(item)
-                    after = take()
-                    if after == ")":
-                        break
-                    if after != ",":
-                        raise SelectorError(f"found '{after or ''}', expected: ',' or ')'")
-                validate_values(key, values)
-                requirements.append(Requirement(key, operator, tuple(values)))
-            elif operator in ("=", "==", "!=", ">", "<"):
-                value_token = peek()
-                value = ""
-                if _is_identifier(value_token) and value_token is not None:
-                    value = value_token
-                    take()
-                if operator in (">", "<"):
-                    try:
-                        int(value)
-                    except ValueError:
-                        raise SelectorError(
-                            "unable to parse requirement: "
-                            + str(f_invalid(f"values[0][{key}]", value, "must be an integer"))
-                        ) from None
-                validate_values(key, [value])
-                normalized = {"==": "=", ">": "gt", "<": "lt"}.get(operator, operator)
-                requirements.append(Requirement(key, normalized, (value,)))
-            else:
-                raise SelectorError(f"found '{operator}', expected: in, notin, =, ==, !=, gt, lt")
-        token = take()
-        if token is None:
-            return requirements
-        if token != ",":
-            raise SelectorError(f"found '{token}', expected: ',' or 'end of string'")
-        if peek() is None:
-            raise SelectorError("found '', expected: identifier after ','")
-
-
-class FieldRequirement(NamedTuple):
-    field: str
-    equal: bool
-    value: str
-
-
-def parse_field_selector(text: str, allowed: Iterable[str]) -> list[FieldRequirement]:
-    allowed_set = set(allowed)
-    requirements: list[FieldRequirement] = []
     for term in (t.strip() for t in text.split(",")):
+        if not term and text.strip():
+            raise SelectorError("found '', expected: identifier after ','")
         if not term:
             continue
-        for operator in ("!=", "==", "="):
-            if operator in term:
-                name, _, value = term.partition(operator)
-                break
-        else:
-            raise SelectorError(f"invalid selector: '{text}'; can't understand '{term}'")
-        name = name.strip()
-        if name not in allowed_set:
-            raise SelectorError(f"field label not supported: {name}")
-        requirements.append(FieldRequirement(name, operator != "!=", value.strip()))
+        match = re.fullmatch(r"([^=!]+)(!=|==|=)([^=!]*)", term)
+        if match is None:
+            raise SelectorError(f"the double serves only equality-based selectors: {term!r}")
+        key, operator, value = match.groups()
+        requirements.append(Requirement(key.strip(), operator != "!=", value.strip()))
     return requirements
-
-
-def _field_value(obj: Obj, path: str) -> str:
-    if path == "source":
-        return str((obj.get("source") or {}).get("component") or "")
-    current: Any = obj
-    for part in path.split("."):
-        if not isinstance(current, dict):
-            return ""
-        current = current.get(part)
-    return "" if current is None else str(current)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Namespace, label and field filters of a list or watch."""
+    """Namespace and label filters of a list or watch."""
 
     namespace: str = ""
     labels: tuple[Requirement, ...] = ()
-    fields: tuple[FieldRequirement, ...] = ()
 
-    def matches(self, obj: Obj, rt: ResourceType) -> bool:
+    def matches(self, obj: Obj) -> bool:
         meta = obj.get("metadata") or {}
         if self.namespace and meta.get("namespace") != self.namespace:
             return False
         labels = meta.get("labels") or {}
-        if not all(req.matches(labels) for req in self.labels):
-            return False
-        if self.fields:
-            view = core_event_to_v1(obj) if rt.is_events_v1 else obj
-            for req in self.fields:
-                if (_field_value(view, req.field) == req.value) != req.equal:
-                    return False
-        return True
+        return all(req.matches(labels) for req in self.labels)
 
 
 # ---------------------------------------------------------------------------------------------
 # Request/response plumbing
 # ---------------------------------------------------------------------------------------------
-
-
-_BaseYamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _YamlLoader(_BaseYamlLoader):  # type: ignore[valid-type,misc]
-    """A safe YAML loader that keeps timestamps as strings (as sigs.k8s.io/yaml does)."""
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def load_yaml_or_json(text: str) -> Any:
-    """Parse a YAML document; JSON (the common case, and valid YAML) takes the fast path."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return yaml.load(text, Loader=_YamlLoader)
 
 
 class LoggedRequest(NamedTuple):
@@ -3219,14 +2844,10 @@ class _WatchEvent(NamedTuple):
     prev: Obj | None
 
 
-_PATCH_TYPES = (
-    "application/json-patch+json",
-    "application/merge-patch+json",
-    "application/strategic-merge-patch+json",
-    "application/apply-patch+yaml",
-)
-_GENERATE_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-_PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+#: Served patch types: JSON and strategic merge patches are not (no client sends them).
+_PATCH_TYPES = (MERGE_PATCH, APPLY_PATCH)
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 _FLOW_SCHEMA_UID = "5d3b1b9e-7c3c-4bd8-9a4d-8e1a4c1f6a51"
 _PRIORITY_LEVEL_UID = "0b0b6f3c-2f7d-4f6f-8f44-0d5c8d3e6e21"
@@ -3336,81 +2957,6 @@ def _options_invalid(kind: str, errors: list[FieldError]) -> ApiError:
     return invalid_error(kind, "meta.k8s.io", "", errors)
 
 
-def _rfc6902(document: Any, operations: Any) -> Any:
-    """A small JSON patch (RFC 6902) implementation."""
-    if not isinstance(operations, list):
-        raise DecodeError("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
-    doc = copy.deepcopy(document)
-
-    def split(pointer: str) -> list[str]:
-        if pointer == "":
-            return []
-        if not pointer.startswith("/"):
-            raise DecodeError(f"unable to parse pointer: {pointer}")
-        return [p.replace("~1", "/").replace("~0", "~") for p in pointer[1:].split("/")]
-
-    def parent(pointer: str) -> tuple[Any, str]:
-        parts = split(pointer)
-        if not parts:
-            raise DecodeError("cannot operate on the document root")
-        current = doc
-        for part in parts[:-1]:
-            if isinstance(current, list):
-                current = current[int(part)]
-            elif isinstance(current, dict) and part in current:
-                current = current[part]
-            else:
-                raise DecodeError(f"doc is missing path: {pointer}")
-        return current, parts[-1]
-
-    def get(pointer: str) -> Any:
-        container, last = parent(pointer)
-        try:
-            return container[int(last)] if isinstance(container, list) else container[last]
-        except (KeyError, IndexError, ValueError):
-            raise DecodeError(f"doc is missing path: {pointer}") from None
-
-    def add(pointer: str, value: Any) -> None:
-        container, last = parent(pointer)
-        if isinstance(container, list):
-            index = len(container) if last == "-" else int(last)
-            container.insert(index, value)
-        else:
-            container[last] = value
-
-    def remove(pointer: str) -> Any:
-        container, last = parent(pointer)
-        try:
-            if isinstance(container, list):
-                return container.pop(int(last))
-            return container.pop(last)
-        except (KeyError, IndexError, ValueError):
-            raise DecodeError(f"doc is missing path: {pointer}") from None
-
-    for op in operations:
-        if not isinstance(op, dict):
-            raise DecodeError("invalid JSON patch operation")
-        kind = op.get("op")
-        path = str(op.get("path", ""))
-        if kind == "add":
-            add(path, copy.deepcopy(op.get("value")))
-        elif kind == "remove":
-            remove(path)
-        elif kind == "replace":
-            remove(path)
-            add(path, copy.deepcopy(op.get("value")))
-        elif kind == "move":
-            add(path, remove(str(op.get("from", ""))))
-        elif kind == "copy":
-            add(path, copy.deepcopy(get(str(op.get("from", "")))))
-        elif kind == "test":
-            if not same_value(get(path), op.get("value")):
-                raise DecodeError(f"testing value {path} failed: test failed")
-        else:
-            raise DecodeError(f"Unexpected kind: {kind}")
-    return doc
-
-
 def _merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -3422,71 +2968,6 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[key] = _merge_patch(out.get(key), value)
     return out
-
-
-def _strategic_merge_patch(target: Any, patch: Any, node: Node | None) -> Any:
-    """Strategic merge patch: merge keys for associative lists, ``$patch`` directives."""
-    if isinstance(node, Atomic):
-        node = node.inner
-    if isinstance(patch, dict) and isinstance(node, Struct | MapOf | type(None)):
-        if patch.get("$patch") == "replace":
-            return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
-        if patch.get("$patch") == "delete":
-            return None
-        out: Obj = dict(target) if isinstance(target, dict) else {}
-        for key, value in patch.items():
-            if key.startswith("$deleteFromPrimitiveList/"):
-                list_key = key.split("/", 1)[1]
-                drop = value if isinstance(value, list) else []
-                out[list_key] = [v for v in out.get(list_key) or [] if v not in drop]
-                continue
-            if key.startswith("$"):
-                continue
-            child: Node | None = None
-            if isinstance(node, Struct):
-                child = node.fields.get(key)
-            elif isinstance(node, MapOf):
-                child = node.elem
-            if value is None:
-                out.pop(key, None)
-            else:
-                merged = _strategic_merge_patch(out.get(key), value, child)
-                if merged is None:
-                    out.pop(key, None)
-                else:
-                    out[key] = merged
-        return out
-    if isinstance(patch, list) and isinstance(node, AssocList) and node.patch_merge_key:
-        merge_key = node.patch_merge_key
-        if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
-            return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
-        result = [copy.deepcopy(item) for item in (target if isinstance(target, list) else [])]
-        for item in patch:
-            if not isinstance(item, dict):
-                continue
-            key_value = item.get(merge_key)
-            index = next(
-                (
-                    i
-                    for i, t in enumerate(result)
-                    if isinstance(t, dict) and t.get(merge_key) == key_value
-                ),
-                None,
-            )
-            if item.get("$patch") == "delete":
-                if index is not None:
-                    del result[index]
-                continue
-            if index is None:
-                result.append({k: copy.deepcopy(v) for k, v in item.items() if k != "$patch"})
-            else:
-                result[index] = _strategic_merge_patch(result[index], item, node.item)
-        return result
-    if isinstance(patch, list) and isinstance(node, SetList):
-        result = list(target) if isinstance(target, list) else []
-        result.extend(v for v in patch if v not in result)
-        return result
-    return copy.deepcopy(patch)
 
 
 def _continue_token(rv: int, start: str) -> str:
@@ -3514,8 +2995,8 @@ class KubeDouble:
     """A fake kube-apiserver on ``127.0.0.1``; see the module docstring.
 
     ``user`` is the identity RBAC denials are reported for; with ``tokens`` (bearer token ->
-    user name) requests must authenticate or get 401.  ``forbid`` pre-loads denials as
-    ``(verb, resource)`` pairs.  ``namespaces`` restricts which namespaces exist.
+    user name) requests must authenticate or get 401.  ``gateway_api``: the HTTPRoute and
+    GRPCRoute CRDs are installed.
     """
 
     def __init__(
@@ -3525,10 +3006,7 @@ class KubeDouble:
         port: int = 0,
         user: str = "system:serviceaccount:network:consul-sync",
         tokens: Mapping[str, str] | None = None,
-        forbid: Iterable[tuple[str, str]] = (),
-        namespaces: Iterable[str] | None = None,
         bookmark_interval: float = 60.0,
-        history_limit: int | None = None,
         clock: Callable[[], datetime] = _now,
         gateway_api: bool = False,
     ) -> None:
@@ -3537,11 +3015,9 @@ class KubeDouble:
         self.user = user
         self.tokens = dict(tokens) if tokens is not None else None
         self.bookmark_interval = bookmark_interval
-        self.history_limit = history_limit
         self._clock = clock
         self._host = host
         self._port = port
-        self._namespaces = set(namespaces) if namespaces is not None else None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._objects: dict[str, dict[tuple[str, str], _Stored]] = {
@@ -3554,9 +3030,7 @@ class KubeDouble:
         self._history: builtins.list[_WatchEvent] = []
         self._history_rvs: builtins.list[int] = []
         self._alloc = _Allocator()
-        self._denials: set[tuple[str, str, str | None]] = {
-            (verb, resource, None) for verb, resource in forbid
-        }
+        self._denials: set[tuple[str, str, str | None]] = set()
         self._faults: builtins.list[Fault] = []
         self._bookmark_epoch = 0
         self._active_watches = 0
@@ -3568,7 +3042,6 @@ class KubeDouble:
         self._connections: set[socket.socket] = set()
         self.request_log: builtins.list[LoggedRequest] = []
         self.exchanges: builtins.list[Exchange] = []
-        self.verb_counts: Counter[str] = Counter()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -3667,7 +3140,6 @@ class KubeDouble:
         with self._lock:
             self.request_log.clear()
             self.exchanges.clear()
-            self.verb_counts.clear()
 
     @property
     def active_watches(self) -> int:
@@ -3731,6 +3203,7 @@ class KubeDouble:
         return fault
 
     def clear_faults(self) -> None:
+        """Forget every pending fault (bench/soak.py ends its outages with it)."""
         with self._lock:
             self._faults.clear()
 
@@ -3822,8 +3295,8 @@ class KubeDouble:
         query = {"fieldManager": manager}
         if force:
             query["force"] = "true"
-        request = _Request("PATCH", "", query, _PATCH_TYPES[3], go_json(obj))
-        _, body = self._apply(rt, ns, str(meta.get("name") or ""), request, manager, force, False)
+        request = _Request("PATCH", "", query, APPLY_PATCH, go_json(obj))
+        _, body = self._apply(rt, ns, str(meta.get("name") or ""), request, manager, force)
         return body
 
     def update(
@@ -3837,18 +3310,9 @@ class KubeDouble:
         _, body = self._update(rt, ns, str(meta.get("name") or ""), request)
         return body
 
-    def delete(
-        self,
-        resource: str,
-        namespace: str,
-        name: str,
-        *,
-        propagation_policy: str | None = None,
-    ) -> None:
+    def delete(self, resource: str, namespace: str, name: str) -> None:
         """Delete like ``DELETE`` (garbage collection included); raises ApiError."""
-        rt = resource_type(resource)
-        query = {"propagationPolicy": propagation_policy} if propagation_policy else {}
-        self._delete(rt, namespace, name, _Request("DELETE", "", query))
+        self._delete(resource_type(resource), namespace, name, _Request("DELETE", "", {}))
 
     def set_status(self, resource: str, namespace: str, name: str, status: Obj) -> Obj:
         """Write ``status`` as a controller does through the ``/status``
@@ -3863,26 +3327,6 @@ class KubeDouble:
             obj["status"] = copy.deepcopy(status)
             stored = self._commit(rt.storage, namespace, name, obj, live.managers, "MODIFIED")
             return self._typed(rt, self._view(stored))
-
-    def collect_garbage(self) -> int:
-        """One garbage-collector pass over dangling owner references; returns deletions."""
-        deleted = 0
-        with self._cond:
-            for storage, objects in self._objects.items():
-                for (ns, name), stored in list(objects.items()):
-                    if (ns, name) not in objects:
-                        continue
-                    refs = (stored.obj.get("metadata") or {}).get("ownerReferences") or []
-                    if not refs:
-                        continue
-                    alive = [r for r in refs if self._uid_alive(ns, str(r.get("uid", "")))]
-                    if alive:
-                        if len(alive) != len(refs):
-                            self._set_owner_refs(storage, ns, name, alive)
-                        continue
-                    self._gc_delete(storage, ns, name)
-                    deleted += 1
-        return deleted
 
     # -- HTTP entry point -------------------------------------------------------------------
 
@@ -3923,7 +3367,6 @@ class KubeDouble:
         exchange.verb, exchange.resource = route.verb, route.rt.qualified
         exchange.namespace, exchange.name = route.namespace, route.name
         with self._lock:
-            self.verb_counts[route.verb] += 1
             denied = self._denied(route)
             fault = None if denied else self._take_fault(request)
         if denied:
@@ -4029,29 +3472,9 @@ class KubeDouble:
 
     def _route(self, request: _Request) -> _Route | _Reply:
         segments = [unquote(s) for s in request.path.split("/") if s]
-        if not segments:
-            return _json_reply(200, {"paths": ["/api", "/api/v1", "/apis", "/healthz", "/version"]})
-        head = segments[0]
-        if head in ("healthz", "livez", "readyz") and len(segments) == 1:
-            return _Reply(200, b"ok", "text/plain; charset=utf-8")
-        if head == "version" and len(segments) == 1:
-            return _json_reply(200, SERVER_VERSION)
+        head = segments[0] if segments else ""
         if head == "api":
-            if len(segments) == 1:
-                return _json_reply(
-                    200,
-                    {
-                        "kind": "APIVersions",
-                        "versions": ["v1"],
-                        "serverAddressByClientCIDRs": [
-                            {
-                                "clientCIDR": "0.0.0.0/0",
-                                "serverAddress": f"{self._host}:{self._port}",
-                            }
-                        ],
-                    },
-                )
-            if segments[1] != "v1":
+            if len(segments) == 1 or segments[1] != "v1":
                 raise not_found_path()
             group, version, rest = "", "v1", segments[2:]
         elif head == "apis":
@@ -4089,8 +3512,6 @@ class KubeDouble:
             watch, rest = True, rest[1:]
             if not rest:
                 raise not_found_path()
-        if group == "" and rest[0] == "namespaces" and len(rest) <= 2:
-            return self._namespaces_reply(request, rest[1] if len(rest) == 2 else "")
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, plural, tail = rest[1], rest[2], rest[3:]
         else:
@@ -4114,8 +3535,8 @@ class KubeDouble:
             verb = "update"
         elif method == "PATCH" and name:
             verb = "patch"
-        elif method == "DELETE" and namespace:
-            verb = "delete" if name else "deletecollection"
+        elif method == "DELETE" and name:
+            verb = "delete"
         else:
             raise method_not_allowed()
         return _Route(verb, rt, namespace, name)
@@ -4154,73 +3575,19 @@ class KubeDouble:
             }
             if rt.short_names:
                 entry["shortNames"] = list(rt.short_names)
+            if rt.categories:
+                entry["categories"] = list(rt.categories)
+            if rt.storage_version_hash:
+                entry["storageVersionHash"] = rt.storage_version_hash
             resources.append(entry)
+        if group == "":  # the core list has no apiVersion (recording 40b)
+            return {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
-            "groupVersion": f"{group}/v1" if group else "v1",
+            "groupVersion": f"{group}/v1",
             "resources": resources,
         }
-
-    def _namespace_object(self, name: str) -> Obj:
-        return {
-            "kind": "Namespace",
-            "apiVersion": "v1",
-            "metadata": {
-                "name": name,
-                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"namespace/{name}")),
-                "resourceVersion": "1",
-                "creationTimestamp": "2026-01-01T00:00:00Z",
-                "labels": {"kubernetes.io/metadata.name": name},
-            },
-            "spec": {"finalizers": ["kubernetes"]},
-            "status": {"phase": "Active"},
-        }
-
-    def _namespaces_reply(self, request: _Request, name: str) -> _Reply:
-        if request.method not in ("GET", "HEAD"):
-            raise method_not_allowed()
-        with self._lock:
-            if name:
-                if self._namespaces is not None and name not in self._namespaces:
-                    raise ApiError(
-                        status_failure(
-                            404,
-                            "NotFound",
-                            f"namespaces {go_quote(name)} not found",
-                            status_details(name=name, kind="namespaces"),
-                        )
-                    )
-                return _json_reply(200, self._namespace_object(name))
-            names = set(self._namespaces) if self._namespaces is not None else {"default"}
-            if self._namespaces is None:
-                for objects in self._objects.values():
-                    names.update(ns for ns, _ in objects)
-            items = []
-            for ns in sorted(names):
-                item = self._namespace_object(ns)
-                del item["kind"], item["apiVersion"]
-                items.append(item)
-            return _json_reply(
-                200,
-                {
-                    "kind": "NamespaceList",
-                    "apiVersion": "v1",
-                    "metadata": {"resourceVersion": str(self._rv)},
-                    "items": items,
-                },
-            )
-
-    def _check_namespace(self, namespace: str) -> None:
-        if self._namespaces is not None and namespace not in self._namespaces:
-            raise ApiError(
-                status_failure(
-                    404,
-                    "NotFound",
-                    f"namespaces {go_quote(namespace)} not found",
-                    status_details(name=namespace, kind="namespaces"),
-                )
-            )
 
     # -- verbs ------------------------------------------------------------------------------
 
@@ -4238,10 +3605,8 @@ class KubeDouble:
             code, body = self._update(rt, ns, name, request)
         elif route.verb == "patch":
             code, body = self._patch(rt, ns, name, request)
-        elif route.verb == "delete":
-            code, body = self._delete(rt, ns, name, request)
         else:
-            code, body = self._delete_collection(rt, ns, request)
+            code, body = self._delete(rt, ns, name, request)
         return _json_reply(code, body)
 
     def _view(self, stored: _Stored) -> Obj:
@@ -4256,8 +3621,7 @@ class KubeDouble:
 
     @staticmethod
     def _typed(rt: ResourceType, view: Obj, typed: bool = True) -> Obj:
-        body = core_event_to_v1(view) if rt.is_events_v1 else view
-        rest = {k: v for k, v in body.items() if k not in ("kind", "apiVersion")}
+        rest = {k: v for k, v in view.items() if k not in ("kind", "apiVersion")}
         if not typed:
             return rest
         return {"kind": rt.kind, "apiVersion": rt.api_version, **rest}
@@ -4272,10 +3636,11 @@ class KubeDouble:
     def _selection(self, rt: ResourceType, ns: str, query: Mapping[str, str]) -> Selection:
         try:
             labels = parse_label_selector(query.get("labelSelector", ""))
-            fields = parse_field_selector(query.get("fieldSelector", ""), rt.field_labels)
         except SelectorError as exc:
             raise bad_request(str(exc)) from None
-        return Selection(ns, tuple(labels), tuple(fields))
+        if query.get("fieldSelector"):
+            raise bad_request("the double serves no field selectors")
+        return Selection(ns, tuple(labels))
 
     def _matching(self, rt: ResourceType, selection: Selection) -> builtins.list[tuple[str, Obj]]:
         """(etcd key, view) of the matching objects in etcd key order."""
@@ -4284,7 +3649,7 @@ class KubeDouble:
             if selection.namespace and ns != selection.namespace:
                 continue
             view = self._view(stored)
-            if selection.matches(view, rt):
+            if selection.matches(view):
                 out.append((f"{ns}/{name}", view))
         out.sort(key=lambda item: item[0])
         return out
@@ -4296,6 +3661,7 @@ class KubeDouble:
         except ValueError:
             raise bad_request(f"invalid limit: {query.get('limit')}") from None
         token = query.get("continue") or ""
+        prefix = f"{ns}/" if ns else ""
         with self._lock:
             items = self._matching(rt, selection)
             list_rv = self._rv
@@ -4311,12 +3677,13 @@ class KubeDouble:
                         "the first chunk was returned and now may show up in the list."
                     )
                 list_rv = token_rv
-                items = [item for item in items if item[0] >= start]
+                items = [item for item in items if item[0] >= prefix + start]
             meta: Obj = {"resourceVersion": str(list_rv)}
             if limit and len(items) > limit:
                 page = items[:limit]
-                meta["continue"] = _continue_token(list_rv, page[-1][0] + "\x00")
-                if not selection.labels and not selection.fields:
+                # the storage key after the list's own prefix (recording 35)
+                meta["continue"] = _continue_token(list_rv, page[-1][0][len(prefix) :] + "\x00")
+                if not selection.labels:
                     meta["remainingItemCount"] = len(items) - limit
                 items = page
             return {
@@ -4333,11 +3700,8 @@ class KubeDouble:
         if not body.strip():
             raise bad_request(f"Object 'Kind' is missing in '{body.decode(errors='replace')}'")
         try:
-            if "yaml" in (request.content_type or ""):
-                raw = load_yaml_or_json(body.decode())
-            else:
-                raw = json.loads(body)
-        except (ValueError, yaml.YAMLError) as exc:
+            raw = json.loads(body)
+        except ValueError as exc:
             raise bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
         if not isinstance(raw, dict):
             raise bad_request(
@@ -4366,23 +3730,19 @@ class KubeDouble:
             ) from None
         obj.pop("kind", None)
         obj.pop("apiVersion", None)
-        if rt.is_events_v1:
-            obj = events_v1_to_core(obj)
         if not isinstance(obj.get("metadata"), dict):
             obj["metadata"] = {}
         return obj
 
     @staticmethod
-    def _options(
-        request: _Request, options_kind: str, *, patch_type: str = ""
-    ) -> tuple[str, bool, bool]:
-        """(field manager, dry run, force) with ``ValidatePatchOptions``-style checks."""
+    def _options(request: _Request, options_kind: str, *, patch_type: str = "") -> tuple[str, bool]:
+        """(field manager, force) with ``ValidatePatchOptions``-style checks."""
         query = request.query
         errors: builtins.list[FieldError] = []
         force_text = query.get("force")
         force = _truthy(force_text)
         if options_kind == "PatchOptions":
-            if patch_type != _PATCH_TYPES[3]:
+            if patch_type != APPLY_PATCH:
                 if force_text is not None:
                     errors.append(f_forbidden("force", "may not be specified for non-apply patch"))
             elif not query.get("fieldManager"):
@@ -4394,25 +3754,22 @@ class KubeDouble:
             errors.append(
                 f_invalid("fieldManager", manager, "must only contain printable characters")
             )
-        dry_run = query.get("dryRun")
-        if dry_run is not None and dry_run != "All":
-            errors.append(
-                f_not_supported("dryRun", GoRepr("[]string{" + go_quote(dry_run) + "}"), ["All"])
-            )
+        if "dryRun" in query:
+            errors.append(f_not_supported("dryRun", query["dryRun"], []))  # not served
         if errors:
             raise _options_invalid(options_kind, errors)
-        return manager, dry_run == "All", force
+        return manager, force
 
     # -- create -----------------------------------------------------------------------------
 
     def _create(self, rt: ResourceType, ns: str, request: _Request) -> tuple[int, Obj]:
-        manager, dry_run, _ = self._options(request, "CreateOptions")
+        manager, _ = self._options(request, "CreateOptions")
         obj = self._decode_body(rt, request)
         meta = obj["metadata"]
         if meta.get("namespace") and meta["namespace"] != ns:
             raise bad_request(NAMESPACE_MISMATCH_MESSAGE)
         with self._cond:
-            return 201, self._create_locked(rt, ns, obj, manager, dry_run, None)
+            return 201, self._create_locked(rt, ns, obj, manager, None)
 
     def _create_locked(
         self,
@@ -4420,20 +3777,15 @@ class KubeDouble:
         ns: str,
         obj: Obj,
         manager: str,
-        dry_run: bool,
         managers: Managers | None,
     ) -> Obj:
-        storage_rt = _STORAGE_TYPE[rt.storage]
         meta = obj.setdefault("metadata", {})
         meta["namespace"] = ns
-        if not meta.get("name") and meta.get("generateName"):
-            suffix = "".join(random.choice(_GENERATE_NAME_CHARS) for _ in range(5))
-            meta["name"] = meta["generateName"] + suffix
         if meta.get("resourceVersion"):
             raise unknown_error(500, "resourceVersion should not be set on objects to be created")
         name = str(meta.get("name") or "")
-        default_object(storage_rt, obj)
-        obj = cast(Obj, shape(obj, storage_rt.schema))
+        default_object(rt, obj)
+        obj = cast(Obj, shape(obj, rt.schema))
         if managers is None:
             managers = self._update_managers(rt, _empty_object(rt), obj, {}, manager)
         meta = obj["metadata"]
@@ -4449,16 +3801,12 @@ class KubeDouble:
             obj.pop("status", None)  # the status subresource: not written here
         if rt.storage == "services":
             prepare_service(obj, None, self._alloc)
-        obj = cast(Obj, shape(obj, storage_rt.schema))
+        obj = cast(Obj, shape(obj, rt.schema))
         errors = validate_object(rt, obj, None)
         if errors:
             raise invalid_error(rt.kind, rt.group, name, errors)
         if (ns, name) in self._objects[rt.storage]:
             raise already_exists(rt, name)
-        self._check_namespace(ns)
-        if dry_run:
-            obj["metadata"].pop("resourceVersion", None)
-            return self._typed(rt, self._view(_Stored(obj, managers)))
         stored = self._commit(rt.storage, ns, name, obj, managers, "ADDED")
         return self._typed(rt, self._view(stored))
 
@@ -4466,10 +3814,9 @@ class KubeDouble:
         self, rt: ResourceType, old: Obj, new: Obj, managers: Managers, manager: str
     ) -> Managers:
         """managedFields after an ``Update`` operation (PUT, POST, non-apply PATCH)."""
-        storage_rt = _STORAGE_TYPE[rt.storage]
-        diff = compare(old, new, storage_rt.schema)
-        removed = strip_fields(diff.removed, storage_rt.reset_fields)
-        changed = strip_fields(diff.added | diff.modified, storage_rt.reset_fields)
+        diff = compare(old, new, rt.schema)
+        removed = strip_fields(diff.removed, rt.reset_fields)
+        changed = strip_fields(diff.added | diff.modified, rt.reset_fields)
         key = (manager, "Update", "")
         out: Managers = {}
         for other_key, entry in managers.items():
@@ -4494,7 +3841,7 @@ class KubeDouble:
     # -- update -----------------------------------------------------------------------------
 
     def _update(self, rt: ResourceType, ns: str, name: str, request: _Request) -> tuple[int, Obj]:
-        manager, dry_run, _ = self._options(request, "UpdateOptions")
+        manager, _ = self._options(request, "UpdateOptions")
         obj = self._decode_body(rt, request)
         meta = obj["metadata"]
         if (meta.get("name") or "") != name:
@@ -4509,12 +3856,12 @@ class KubeDouble:
             if live is None:
                 if rt.allow_create_on_update:
                     meta.pop("resourceVersion", None)
-                    return 201, self._create_locked(rt, ns, obj, manager, dry_run, None)
+                    return 201, self._create_locked(rt, ns, obj, manager, None)
                 raise not_found(rt, name)
             self._check_preconditions(rt, name, live, meta)
             override = meta.get("managedFields")
             managers = decode_managers(override) if override is not None else live.managers
-            return 200, self._update_locked(rt, ns, name, live, obj, manager, dry_run, managers)
+            return 200, self._update_locked(rt, ns, name, live, obj, manager, managers)
 
     def _check_preconditions(
         self, rt: ResourceType, name: str, live: _Stored, meta: Mapping[str, Any]
@@ -4540,17 +3887,15 @@ class KubeDouble:
         live: _Stored,
         obj: Obj,
         manager: str,
-        dry_run: bool,
         managers: Managers,
         *,
         applied: bool = False,
     ) -> Obj:
-        storage_rt = _STORAGE_TYPE[rt.storage]
         meta = obj.setdefault("metadata", {})
         meta["name"], meta["namespace"] = name, ns
         meta.pop("managedFields", None)
-        default_object(storage_rt, obj)
-        obj = cast(Obj, shape(obj, storage_rt.schema))
+        default_object(rt, obj)
+        obj = cast(Obj, shape(obj, rt.schema))
         if not applied:
             managers = self._update_managers(rt, live.obj, obj, managers, manager)
         live_meta = live.obj["metadata"]
@@ -4572,7 +3917,7 @@ class KubeDouble:
                 obj["status"] = copy.deepcopy(live.obj["status"])
             if not same_value(obj.get("spec"), live.obj.get("spec")):
                 obj["metadata"]["generation"] = int(live_meta.get("generation") or 0) + 1
-        obj = cast(Obj, shape(obj, storage_rt.schema))
+        obj = cast(Obj, shape(obj, rt.schema))
         if rt.storage == "endpointslices":
             new_rest = {k: v for k, v in obj.items() if k != "metadata"}
             old_rest = {k: v for k, v in live.obj.items() if k != "metadata"}
@@ -4581,19 +3926,12 @@ class KubeDouble:
             )
             if labels_changed or not same_value(new_rest, old_rest):
                 obj["metadata"]["generation"] = int(live_meta.get("generation") or 0) + 1
-                obj = cast(Obj, shape(obj, storage_rt.schema))
+                obj = cast(Obj, shape(obj, rt.schema))
         errors = validate_object(rt, obj, live.obj)
         if errors:
             raise invalid_error(rt.kind, rt.group, name, errors)
         if same_value(obj, live.obj) and managers == live.managers:
             return self._typed(rt, self._view(live))
-        if dry_run:
-            return self._typed(rt, self._view(_Stored(obj, managers)))
-        terminating = bool(obj["metadata"].get("deletionTimestamp"))
-        if terminating and not obj["metadata"].get("finalizers"):
-            final = _Stored(obj, managers)
-            self._remove(rt.storage, ns, name)
-            return self._typed(rt, self._view(final))
         stored = self._commit(rt.storage, ns, name, obj, managers, "MODIFIED")
         return self._typed(rt, self._view(stored))
 
@@ -4610,9 +3948,9 @@ class KubeDouble:
                     "include: " + ", ".join(_PATCH_TYPES),
                 )
             )
-        manager, dry_run, force = self._options(request, "PatchOptions", patch_type=patch_type)
-        if patch_type == _PATCH_TYPES[3]:
-            return self._apply(rt, ns, name, request, manager, force, dry_run)
+        manager, force = self._options(request, "PatchOptions", patch_type=patch_type)
+        if patch_type == APPLY_PATCH:
+            return self._apply(rt, ns, name, request, manager, force)
         try:
             patch = json.loads(request.body or b"null")
         except ValueError as exc:
@@ -4622,27 +3960,7 @@ class KubeDouble:
             if live is None:
                 raise not_found(rt, name)
             current = self._typed(rt, self._view(live))
-            try:
-                if patch_type == _PATCH_TYPES[0]:
-                    patched = _rfc6902(current, patch)
-                elif patch_type == _PATCH_TYPES[1]:
-                    patched = _merge_patch(current, patch)
-                else:
-                    patched = _strategic_merge_patch(current, patch, rt.schema)
-            except (DecodeError, ValueError, IndexError, TypeError) as exc:
-                raise ApiError(
-                    status_failure(
-                        422,
-                        "Invalid",
-                        "the server rejected our request due to an error in our request",
-                        status_details(
-                            name=name,
-                            group=rt.group,
-                            kind=rt.plural,
-                            causes=[{"reason": "UnexpectedServerResponse", "message": str(exc)}],
-                        ),
-                    )
-                ) from None
+            patched = _merge_patch(current, patch)
             if not isinstance(patched, dict):
                 raise bad_request("the patched object is not a JSON object")
             request_after = _Request("PUT", "", {}, "application/json", go_json(patched))
@@ -4659,7 +3977,7 @@ class KubeDouble:
             current_managed = (current.get("metadata") or {}).get("managedFields")
             if patched_managed is not None and not same_value(patched_managed, current_managed):
                 managers = decode_managers(patched_managed)
-            return 200, self._update_locked(rt, ns, name, live, obj, manager, dry_run, managers)
+            return 200, self._update_locked(rt, ns, name, live, obj, manager, managers)
 
     def _apply(
         self,
@@ -4669,11 +3987,10 @@ class KubeDouble:
         request: _Request,
         manager: str,
         force: bool,
-        dry_run: bool,
     ) -> tuple[int, Obj]:
         try:
-            config = load_yaml_or_json(request.body.decode() or "{}")
-        except yaml.YAMLError as exc:
+            config = json.loads(request.body.decode() or "{}")
+        except ValueError as exc:  # YAML proper is not read here: the clients send JSON
             raise bad_request(f"error decoding YAML: {exc}") from None
         if not isinstance(config, dict):
             raise bad_request(
@@ -4701,8 +4018,6 @@ class KubeDouble:
             ) from None
         decoded.pop("kind", None)
         decoded.pop("apiVersion", None)
-        if rt.is_events_v1:
-            decoded = events_v1_to_core(decoded)
         config_meta = decoded.get("metadata")
         if not isinstance(config_meta, dict):
             config_meta = decoded["metadata"] = {}
@@ -4714,8 +4029,7 @@ class KubeDouble:
         if (config_meta.get("namespace") or ns) != ns:
             raise bad_request(NAMESPACE_MISMATCH_MESSAGE)
         config_meta.pop("managedFields", None)
-        storage_rt = _STORAGE_TYPE[rt.storage]
-        schema = storage_rt.schema
+        schema = rt.schema
         with self._cond:
             live = self._objects[rt.storage].get((ns, name))
             rv = config_meta.get("resourceVersion") or ""
@@ -4731,7 +4045,7 @@ class KubeDouble:
             key = (manager, "Apply", "")
             previous = managers.get(key)
             last = previous.fields if previous else frozenset()
-            new_set = frozenset(strip_fields(field_set(decoded, schema), storage_rt.reset_fields))
+            new_set = frozenset(strip_fields(field_set(decoded, schema), rt.reset_fields))
             merged = cast(Obj, merge_values(copy.deepcopy(base), decoded, schema))
             owned: set[FieldPath] = set(new_set)
             for other_key, entry in managers.items():
@@ -4765,15 +4079,15 @@ class KubeDouble:
                 result[key] = ManagerEntry(manager, "Apply", rt.api_version, stamp, new_set)
             if live is None:
                 merged["metadata"].pop("resourceVersion", None)
-                self._check_namespace(ns)
-                return 201, self._create_locked(rt, ns, merged, manager, dry_run, result)
+                return 201, self._create_locked(rt, ns, merged, manager, result)
             return 200, self._update_locked(
-                rt, ns, name, live, merged, manager, dry_run, result, applied=True
+                rt, ns, name, live, merged, manager, result, applied=True
             )
 
     # -- delete -----------------------------------------------------------------------------
 
-    def _delete_options(self, request: _Request) -> tuple[str, Obj, bool]:
+    def _delete_options(self, request: _Request) -> Obj:
+        """The preconditions; only background propagation (the sink's) is served."""
         options: Obj = {}
         if request.body.strip():
             try:
@@ -4782,75 +4096,53 @@ class KubeDouble:
                 raise bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
             if isinstance(loaded, dict):
                 options = loaded
-        policy = request.query.get("propagationPolicy") or options.get("propagationPolicy") or ""
-        orphan = request.query.get("orphanDependents")
-        orphan_flag = _truthy(orphan) if orphan is not None else options.get("orphanDependents")
+        policy = request.query.get("propagationPolicy") or options.get("propagationPolicy")
         errors: builtins.list[FieldError] = []
-        if policy and policy not in _PROPAGATION_POLICIES:
-            errors.append(
-                f_not_supported("propagationPolicy", policy, [*_PROPAGATION_POLICIES, "nil"])
-            )
-        if policy and orphan_flag is not None:
-            errors.append(
-                f_invalid(
-                    "propagationPolicy",
-                    policy,
-                    "orphanDependents and deletionPropagation cannot be both set",
-                )
-            )
-        dry_run = request.query.get("dryRun") or (options.get("dryRun") or [None])[0]
-        if dry_run is not None and dry_run != "All":
-            errors.append(
-                f_not_supported(
-                    "dryRun", GoRepr("[]string{" + go_quote(str(dry_run)) + "}"), ["All"]
-                )
-            )
+        if policy not in (None, "Background"):
+            errors.append(f_not_supported("propagationPolicy", policy, ["Background", "nil"]))
+        for unserved in ("orphanDependents", "dryRun"):
+            if unserved in request.query or options.get(unserved) is not None:
+                errors.append(f_not_supported(unserved, GoRepr("set"), []))
         if errors:
             raise _options_invalid("DeleteOptions", errors)
-        if not policy:
-            policy = "Orphan" if orphan_flag else "Background"
         preconditions = options.get("preconditions") or {}
-        return policy, preconditions if isinstance(preconditions, dict) else {}, dry_run == "All"
+        return preconditions if isinstance(preconditions, dict) else {}
 
     def _delete(self, rt: ResourceType, ns: str, name: str, request: _Request) -> tuple[int, Obj]:
-        policy, preconditions, dry_run = self._delete_options(request)
+        preconditions = self._delete_options(request)
         with self._cond:
             live = self._objects[rt.storage].get((ns, name))
             if live is None:
                 raise not_found(rt, name)
             live_meta = live.obj["metadata"]
+            # rest.BeforeDelete's texts, the resource named by its Kind (recordings 33, 34;
+            # gateway 13).
             uid = preconditions.get("uid")
-            if uid and uid != live_meta.get("uid") and rt.custom:
-                # The custom resource store's text (recording 13).
+            rv = preconditions.get("resourceVersion")
+            failed = ""
+            if uid and uid != live_meta.get("uid"):
+                failed = (
+                    f"the UID in the precondition ({uid}) does not match the UID in record "
+                    f"({live_meta.get('uid')}). The object might have been deleted and then "
+                    "recreated"
+                )
+            elif rv and rv != live_meta.get("resourceVersion"):
+                failed = (
+                    f"the ResourceVersion in the precondition ({rv}) does not match the "
+                    f"ResourceVersion in record ({live_meta.get('resourceVersion')}). The object "
+                    "might have been modified"
+                )
+            if failed:
+                kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
                 raise ApiError(
                     status_failure(
                         409,
                         "Conflict",
-                        f"Operation cannot be fulfilled on {rt.kind}.{rt.group} {go_quote(name)}: "
-                        f"the UID in the precondition ({uid}) does not match the UID in record "
-                        f"({live_meta.get('uid')}). The object might have been deleted and then "
-                        "recreated",
+                        f"Operation cannot be fulfilled on {kind} {go_quote(name)}: {failed}",
                         status_details(name=name, group=rt.group, kind=rt.kind),
                     )
                 )
-            if uid and uid != live_meta.get("uid"):
-                raise conflict(
-                    rt,
-                    name,
-                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
-                    f"{live_meta.get('uid')}",
-                )
-            rv = preconditions.get("resourceVersion")
-            if rv and rv != live_meta.get("resourceVersion"):
-                raise conflict(
-                    rt,
-                    name,
-                    f"Precondition failed: ResourceVersion in precondition: {rv}, "
-                    f"ResourceVersion in object meta: {live_meta.get('resourceVersion')}",
-                )
-            if dry_run:
-                return 200, self._deleted_answer(rt, live)
-            return 200, self._delete_locked(rt, ns, name, live, policy)
+            return 200, self._delete_locked(rt, ns, name, live)
 
     def _deleted_answer(self, rt: ResourceType, stored: _Stored) -> Obj:
         if rt.return_deleted_object:
@@ -4866,51 +4158,10 @@ class KubeDouble:
             ),
         }
 
-    def _delete_locked(
-        self, rt: ResourceType, ns: str, name: str, live: _Stored, policy: str
-    ) -> Obj:
-        live_meta = live.obj["metadata"]
-        finalizers = list(live_meta.get("finalizers") or [])
-        if live_meta.get("deletionTimestamp"):
-            return self._typed(rt, self._view(live))
-        if policy == "Foreground" and "foregroundDeletion" not in finalizers:
-            finalizers.append("foregroundDeletion")
-        if policy == "Orphan" and "orphan" not in finalizers:
-            finalizers.append("orphan")
-        if finalizers:
-            obj = copy.deepcopy(live.obj)
-            obj["metadata"]["deletionTimestamp"] = format_time(self._clock())
-            obj["metadata"]["deletionGracePeriodSeconds"] = 0
-            obj["metadata"]["finalizers"] = finalizers
-            obj = cast(Obj, shape(obj, _STORAGE_TYPE[rt.storage].schema))
-            stored = self._commit(rt.storage, ns, name, obj, live.managers, "MODIFIED")
-            answer = self._typed(rt, self._view(stored))
-            self._run_gc_finalizers(rt.storage, ns, name)
-            return answer
+    def _delete_locked(self, rt: ResourceType, ns: str, name: str, live: _Stored) -> Obj:
         self._remove(rt.storage, ns, name)
-        self._collect_dependents(ns, str(live_meta.get("uid", "")))
+        self._collect_dependents(ns, str(live.obj["metadata"].get("uid", "")))
         return self._deleted_answer(rt, live)
-
-    def _delete_collection(self, rt: ResourceType, ns: str, request: _Request) -> tuple[int, Obj]:
-        policy, _, dry_run = self._delete_options(request)
-        selection = self._selection(rt, ns, request.query)
-        with self._cond:
-            items: builtins.list[Obj] = []
-            for _, view in self._matching(rt, selection):
-                meta = view["metadata"]
-                key = (meta["namespace"], meta["name"])
-                stored = self._objects[rt.storage].get(key)
-                if stored is None:
-                    continue
-                items.append(self._typed(rt, self._view(stored), typed=False))
-                if not dry_run:
-                    self._delete_locked(rt, key[0], key[1], stored, policy)
-            return 200, {
-                "kind": f"{rt.kind}List",
-                "apiVersion": rt.api_version,
-                "metadata": {"resourceVersion": str(self._rv)},
-                "items": items,
-            }
 
     # -- garbage collection ----------------------------------------------------------------
 
@@ -4953,7 +4204,7 @@ class KubeDouble:
         stored = self._objects[storage].get((ns, name))
         if stored is None:
             return
-        self._delete_locked(_STORAGE_TYPE[storage], ns, name, stored, "Background")
+        self._delete_locked(_STORAGE_TYPE[storage], ns, name, stored)
 
     def _collect_dependents(self, ns: str, uid: str) -> None:
         """Background deletion of dependents once their owner is gone."""
@@ -4967,37 +4218,6 @@ class KubeDouble:
                 self._set_owner_refs(storage, ns, name, remaining)
             else:
                 self._gc_delete(storage, ns, name)
-
-    def _run_gc_finalizers(self, storage: str, ns: str, name: str) -> None:
-        stored = self._objects[storage].get((ns, name))
-        if stored is None:
-            return
-        meta = stored.obj["metadata"]
-        uid = str(meta.get("uid", ""))
-        finalizers = list(meta.get("finalizers") or [])
-        handled = False
-        if "orphan" in finalizers:
-            for dep_storage, dep_name in self._dependents(ns, uid):
-                dep = self._objects[dep_storage][(ns, dep_name)]
-                refs = dep.obj["metadata"].get("ownerReferences") or []
-                self._set_owner_refs(
-                    dep_storage, ns, dep_name, [r for r in refs if r.get("uid") != uid]
-                )
-            finalizers.remove("orphan")
-            handled = True
-        if "foregroundDeletion" in finalizers:
-            for dep_storage, dep_name in self._dependents(ns, uid):
-                self._gc_delete(dep_storage, ns, dep_name)
-            finalizers.remove("foregroundDeletion")
-            handled = True
-        if not handled:
-            return
-        if finalizers:
-            obj = copy.deepcopy(stored.obj)
-            obj["metadata"]["finalizers"] = finalizers
-            self._commit(storage, ns, name, obj, stored.managers, "MODIFIED")
-        else:
-            self._remove(storage, ns, name)
 
     # -- storage and history ----------------------------------------------------------------
 
@@ -5029,8 +4249,6 @@ class KubeDouble:
     def _record(self, storage: str, event_type: str, view: Obj, prev: Obj | None) -> None:
         self._history.append(_WatchEvent(self._rv, storage, event_type, view, prev))
         self._history_rvs.append(self._rv)
-        if self.history_limit is not None and len(self._history) > self.history_limit:
-            self._compact_locked(self._history_rvs[len(self._history) - self.history_limit - 1])
         self._cond.notify_all()
 
     # -- watch ------------------------------------------------------------------------------
@@ -5083,17 +4301,16 @@ class KubeDouble:
         return go_json({"type": event_type, "object": self._typed(rt, view)}) + b"\n"
 
     def _bookmark_line(self, rt: ResourceType) -> bytes:
-        schema = EVENTS_V1_EVENT if rt.is_events_v1 else rt.schema
-        body = cast(Obj, shape({"metadata": {"resourceVersion": str(self._rv)}}, schema))
+        body = cast(Obj, shape({"metadata": {"resourceVersion": str(self._rv)}}, rt.schema))
         return go_json({"type": "BOOKMARK", "object": self._typed(rt, body)}) + b"\n"
 
     def _watch_lines(self, plan: _WatchPlan, event: _WatchEvent) -> builtins.list[bytes]:
         rt = plan.rt
         if event.storage != rt.storage:
             return []
-        matches_now = plan.selection.matches(event.obj, rt)
+        matches_now = plan.selection.matches(event.obj)
         if event.type == "MODIFIED" and event.prev is not None:
-            matched_before = plan.selection.matches(event.prev, rt)
+            matched_before = plan.selection.matches(event.prev)
             if matches_now and matched_before:
                 return [self._event_line("MODIFIED", rt, event.obj)]
             if matches_now:
