@@ -114,28 +114,10 @@ def hand_over(live: Mapping[str, Any], paths: Sequence[FieldPath], manager: str)
     """``live``'s ``managedFields`` with ``paths`` moved from ``manager``'s
     ``Update`` entry to its ``Apply`` entry (made if there is none)."""
     entries = copy.deepcopy(list((live.get("metadata") or {}).get("managedFields") or []))
-    update = next(
-        (
-            e
-            for e in entries
-            if e.get("manager") == manager
-            and e.get("operation") == "Update"
-            and not e.get("subresource")
-        ),
-        None,
-    )
+    update = _entry(entries, manager, "Update")
     if update is None:
         return entries
-    apply = next(
-        (
-            e
-            for e in entries
-            if e.get("manager") == manager
-            and e.get("operation") == "Apply"
-            and not e.get("subresource")
-        ),
-        None,
-    )
+    apply = _entry(entries, manager, "Apply")
     if apply is None:
         apply = {
             "manager": manager,
@@ -153,3 +135,17 @@ def hand_over(live: Mapping[str, Any], paths: Sequence[FieldPath], manager: str)
     if not source:
         entries.remove(update)
     return entries
+
+
+def _entry(entries: Sequence[Any], manager: str, operation: str) -> Any:
+    """``manager``'s ``operation`` entry of the object itself (not a subresource's), if any."""
+    return next(
+        (
+            e
+            for e in entries
+            if e.get("manager") == manager
+            and e.get("operation") == operation
+            and not e.get("subresource")
+        ),
+        None,
+    )
