@@ -4,7 +4,10 @@
 slice holds which endpoint now) and sends only the objects that differ from the view: a new
 Service and its first slice as two POSTs in one worker-thread call, an existing object as a
 server-side apply (after handing over what its creating POST still owns,
-:mod:`.handover`); slices that became empty are deleted.  :meth:`Writer.delete` deletes a
+:mod:`.handover`); slices that became empty are deleted.  The writes go from the event loop
+through :class:`consul_sync_kube.aio.AsyncKubeClient` when the sink has one, else each in a
+worker thread through the :class:`~consul_sync_kube.client.KubeClient`; either way behind the
+sink's concurrency limiter, with the same answers and errors.  :meth:`Writer.delete` deletes a
 key's Services (and the slices the garbage collector would not).  Every answer is put in the
 informer stores at once, so the view is current before the watch event arrives.
 """
@@ -33,6 +36,7 @@ from .validate import validate
 from .view import View
 
 if TYPE_CHECKING:
+    from consul_sync_kube.aio import AsyncKubeClient
     from consul_sync_kube.client import KubeClient
 
 log = logging.getLogger("consul_sync.kubernetes")
@@ -45,6 +49,14 @@ class Call(Protocol):
 
     def __call__(
         self, func: Callable[[], _T], *, expected: Collection[int] = ()
+    ) -> Awaitable[_T]: ...
+
+
+class Run(Protocol):
+    """Runs one async API call behind the limiter (the sink's ``_run``)."""
+
+    def __call__(
+        self, func: Callable[[], Awaitable[_T]], *, expected: Collection[int] = ()
     ) -> Awaitable[_T]: ...
 
 
@@ -61,6 +73,8 @@ class Writer:
         view: View,
         *,
         call: Call,
+        aio: AsyncKubeClient | None = None,
+        run: Run | None = None,
         count_error: Callable[[KubeError], bool],
         tell_conflicts: Callable[[], Awaitable[None]],
         metrics: SinkMetrics,
@@ -76,6 +90,9 @@ class Writer:
         self.names: NameBook = view.names
         self.owner = view.ownership.owner
         self.call = call
+        #: the async client and its runner, when the writes go from the event loop
+        self.aio = aio if run is not None else None
+        self.run = run
         self.count_error = count_error
         self.tell_conflicts = tell_conflicts
         self.metrics = metrics
@@ -91,13 +108,9 @@ class Writer:
         ``apply`` reads the object and classifies it.  Otherwise a
         server-side apply, after handing over to it what the POST that made
         the object still owns and the apply drops (:func:`.handover.hand_over`)."""
-        client = self.client
         informer = self.services if resource is Resource.SERVICES else self.slices
         if create:
-            result = await self.call(
-                lambda: client.create(resource, body, field_manager=FIELD_MANAGER),
-                expected=(409,),
-            )
+            result = await self._create(resource, body)
         else:
             metadata = body["metadata"]
             live = informer.store.get(metadata["name"])
@@ -110,15 +123,11 @@ class Writer:
                     }
                 }
                 informer.put(
-                    await self.call(
-                        lambda: client.merge_patch(
-                            resource, metadata["namespace"], metadata["name"], patch
-                        )
+                    await self._merge_patch(
+                        resource, metadata["namespace"], metadata["name"], patch
                     )
                 )
-            result = await self.call(
-                lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
-            )
+            result = await self._apply(resource, body, force=force)
         informer.put(result)
         if resource is Resource.ENDPOINTSLICES:
             self.view.index_slices({result["metadata"]["name"]})
@@ -133,12 +142,14 @@ class Writer:
         :meth:`apply_object`'s would be."""
         client, k8s_name = self.client, service["metadata"]["name"]
 
+        def link(made: dict[str, Any]) -> None:
+            slice_obj["metadata"]["ownerReferences"] = [r.owner_reference(k8s_name, uid(made))]
+
         def run() -> tuple[list[dict[str, Any]], KubeError | None]:
             made: list[dict[str, Any]] = []
             try:
                 made.append(client.create(Resource.SERVICES, service, field_manager=FIELD_MANAGER))
-                made_uid = uid(made[0])
-                slice_obj["metadata"]["ownerReferences"] = [r.owner_reference(k8s_name, made_uid)]
+                link(made[0])
                 made.append(
                     client.create(Resource.ENDPOINTSLICES, slice_obj, field_manager=FIELD_MANAGER)
                 )
@@ -146,7 +157,26 @@ class Writer:
                 return made, exc
             return made, None
 
-        made, error = await self.call(run)
+        async def arun(aio: AsyncKubeClient) -> tuple[list[dict[str, Any]], KubeError | None]:
+            made: list[dict[str, Any]] = []
+            try:
+                made.append(
+                    await aio.create(Resource.SERVICES, service, field_manager=FIELD_MANAGER)
+                )
+                link(made[0])
+                made.append(
+                    await aio.create(
+                        Resource.ENDPOINTSLICES, slice_obj, field_manager=FIELD_MANAGER
+                    )
+                )
+            except KubeError as exc:
+                return made, exc
+            return made, None
+
+        if self.aio is not None and self.run is not None:
+            made, error = await self.run(partial(arun, self.aio))
+        else:
+            made, error = await self.call(run)
         if made:
             self.services.put(made[0])
         if len(made) > 1:
@@ -158,12 +188,9 @@ class Writer:
             raise error
 
     async def delete_object(self, resource: Resource, obj: Mapping[str, Any]) -> None:
-        client, name, obj_uid = self.client, meta(obj)["name"], uid(obj)
+        name, obj_uid = meta(obj)["name"], uid(obj)
         try:
-            await self.call(
-                lambda: client.delete(resource, self.namespace, name, uid=obj_uid or None),
-                expected=(404,),
-            )
+            await self._delete(resource, name, obj_uid or None)
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -287,12 +314,10 @@ class Writer:
         resource = error.resource
         if resource not in (Resource.SERVICES, Resource.ENDPOINTSLICES) or not error.name:
             return
-        client, name = self.client, error.name
+        name = error.name
         informer = self.services if resource is Resource.SERVICES else self.slices
         try:
-            obj = await self.call(
-                lambda: client.get(resource, self.namespace, name), expected=(404,)
-            )
+            obj = await self._get(resource, name)
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -308,3 +333,57 @@ class Writer:
             self.view.reindex({name})
         else:
             self.view.slices_changed({name})
+
+    # --- one write, from the event loop or in a worker thread ------------------
+
+    async def _create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        if self.aio is not None and self.run is not None:
+            aio = self.aio
+            return await self.run(
+                partial(aio.create, resource, body, field_manager=FIELD_MANAGER), expected=(409,)
+            )
+        client = self.client
+        return await self.call(
+            lambda: client.create(resource, body, field_manager=FIELD_MANAGER), expected=(409,)
+        )
+
+    async def _apply(
+        self, resource: Resource, body: dict[str, Any], *, force: bool
+    ) -> dict[str, Any]:
+        if self.aio is not None and self.run is not None:
+            aio = self.aio
+            return await self.run(
+                partial(aio.apply, resource, body, field_manager=FIELD_MANAGER, force=force)
+            )
+        client = self.client
+        return await self.call(
+            lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
+        )
+
+    async def _merge_patch(
+        self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        if self.aio is not None and self.run is not None:
+            return await self.run(partial(self.aio.merge_patch, resource, namespace, name, patch))
+        client = self.client
+        return await self.call(lambda: client.merge_patch(resource, namespace, name, patch))
+
+    async def _delete(self, resource: Resource, name: str, obj_uid: str | None) -> None:
+        if self.aio is not None and self.run is not None:
+            await self.run(
+                partial(self.aio.delete, resource, self.namespace, name, uid=obj_uid),
+                expected=(404,),
+            )
+            return
+        client = self.client
+        await self.call(
+            lambda: client.delete(resource, self.namespace, name, uid=obj_uid), expected=(404,)
+        )
+
+    async def _get(self, resource: Resource, name: str) -> dict[str, Any]:
+        if self.aio is not None and self.run is not None:
+            return await self.run(
+                partial(self.aio.get, resource, self.namespace, name), expected=(404,)
+            )
+        client = self.client
+        return await self.call(lambda: client.get(resource, self.namespace, name), expected=(404,))
