@@ -1,16 +1,15 @@
 """The sinks' hot-path writes without a worker thread: create, server-side apply, merge patch,
 delete and get, made from the event loop over the core's HTTP stack (:mod:`consul_sync.http`).
 
-:class:`AsyncKubeClient` is made from a :class:`.client.KubeClient` (:meth:`AsyncKubeClient.of`)
-and speaks to the same API server the same way: the same ``kubernetes.client.Configuration``
-(host, CA, ``verify_ssl``, client certificate, ``tls_server_name``, the bearer token and its
-refresh hook), the same headers, the same answers (the parsed dict) and the same failures
-(:class:`.errors.KubeError`, made by :func:`.errors.answer_error`; status 0 when there is no
-answer), the same timeouts, and the same listeners told of every request.  Only the cost
-differs: no worker thread, no model (de)serialisation, no urllib3 -- a third of the CPU per
-call.  A configuration it cannot honour (a proxy, say) gives no async client
-(:meth:`AsyncKubeClient.of` answers ``None``, and says why in a debug log); the caller keeps
-to the thread path.
+:class:`AsyncKubeClient` is made from a :class:`.client.KubeClient` and speaks to the same API
+server the same way: the same ``kubernetes.client.Configuration`` (host, CA, ``verify_ssl``,
+client certificate, ``tls_server_name``, the bearer token and its refresh hook), the same
+headers, the same answers (the parsed dict) and the same failures (:class:`.errors.KubeError`,
+made by :func:`.errors.answer_error`; status 0 when there is no answer), the same timeouts, and
+the same listeners told of every request.  Only the cost differs: no worker thread, no model
+(de)serialisation, no urllib3 -- a third of the CPU per call.  For a configuration it cannot
+honour (a proxy, say), :func:`writes_for` gives a :class:`ThreadedKubeClient` instead: the same
+calls, each in a worker thread through the sync client (and says why in a debug log).
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ import json
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import anyio
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .client import KubeClient
 
 log = logging.getLogger("consul_sync.kubernetes")
+_T = TypeVar("_T")
 
 #: How often, at most, a configuration's token refresh hook is run (in a worker thread: an
 #: exec plugin may run a program); the token it gave is used meanwhile.
@@ -105,20 +106,6 @@ class AsyncKubeClient:
         self._token: str | None = None
         self._token_checked = -float("inf")
         self._token_lock = anyio.Lock()
-
-    @classmethod
-    def of(cls, client: KubeClient) -> AsyncKubeClient | None:
-        """An async client speaking as ``client`` does, or ``None`` (then the thread path)."""
-        replaced = [name for name in WRITES if name in vars(client)]
-        if replaced:
-            # A wrapper of the client's own calls (instrumentation, a test) is honoured.
-            log.debug("Kubernetes writes through worker threads: %s replaced", ", ".join(replaced))
-            return None
-        why = unsupported(client.api_client.configuration)
-        if why:
-            log.debug("Kubernetes writes through worker threads: %s", why)
-            return None
-        return cls(client)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -277,3 +264,60 @@ class AsyncKubeClient:
             None,
             options,
         )
+
+
+class ThreadedKubeClient:
+    """:class:`AsyncKubeClient`'s calls, each made in a worker thread through the sync client."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def aclose(self) -> None:
+        pass  # (the sync client is its owner's to close)
+
+    @staticmethod
+    async def _thread(func: Callable[[], _T]) -> _T:
+        # abandon_on_cancel: a stop must not wait for an API that does not answer.
+        return await anyio.to_thread.run_sync(func, abandon_on_cancel=True)
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any]:
+        return await self._thread(lambda: self.client.get(resource, namespace, name))
+
+    async def create(
+        self, resource: Resource, body: dict[str, Any], *, field_manager: str | None = None
+    ) -> dict[str, Any]:
+        return await self._thread(
+            lambda: self.client.create(resource, body, field_manager=field_manager)
+        )
+
+    async def apply(
+        self, resource: Resource, body: dict[str, Any], *, field_manager: str, force: bool
+    ) -> dict[str, Any]:
+        return await self._thread(
+            lambda: self.client.apply(resource, body, field_manager=field_manager, force=force)
+        )
+
+    async def merge_patch(
+        self, resource: Resource, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self._thread(lambda: self.client.merge_patch(resource, namespace, name, body))
+
+    async def delete(
+        self, resource: Resource, namespace: str, name: str, *, uid: str | None = None
+    ) -> None:
+        await self._thread(lambda: self.client.delete(resource, namespace, name, uid=uid))
+
+
+def writes_for(client: KubeClient) -> AsyncKubeClient | ThreadedKubeClient:
+    """The way for a sink's hot-path calls: from the event loop when the async client can
+    speak as ``client`` does, else in worker threads through ``client`` itself."""
+    replaced = [name for name in WRITES if name in vars(client)]
+    if replaced:
+        # A wrapper of the client's own calls (instrumentation, a test) is honoured.
+        log.debug("Kubernetes writes through worker threads: %s replaced", ", ".join(replaced))
+        return ThreadedKubeClient(client)
+    why = unsupported(client.api_client.configuration)
+    if why:
+        log.debug("Kubernetes writes through worker threads: %s", why)
+        return ThreadedKubeClient(client)
+    return AsyncKubeClient(client)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -62,7 +62,6 @@ from .view import View
 from .writer import Writer
 
 if TYPE_CHECKING:
-    from consul_sync_kube.aio import AsyncKubeClient
     from consul_sync_kube.client import KubeClient
 
 # (SinkMetrics: tests/core and tests/docs import it from here)
@@ -110,8 +109,6 @@ class KubernetesSink:
         self.slices: Informer | None = None
         #: made with the informers, once there is a client (:meth:`_wire`)
         self.writer: Writer | None = None
-        #: the writer's way to the API server from the event loop (None: worker threads)
-        self.aio: AsyncKubeClient | None = None
         self.report: Report | None = None
         self.elector: LeaderElector | None = None
         self._leading = False
@@ -229,8 +226,8 @@ class KubernetesSink:
         for informer in (self.services, self.slices):
             if informer is not None:
                 await informer.join()
-        if self.aio is not None:
-            await self.aio.aclose()
+        if self.writer is not None:
+            await self.writer.aclose()
         if self._own_client and self.client is not None:
             self.client.close()
 
@@ -253,9 +250,6 @@ class KubernetesSink:
     def _wire(self, client: KubeClient) -> tuple[Informer, Informer, Report]:
         """The informers, and the writer and reporter that use them (made once)."""
         if self.services is None or self.slices is None:
-            from consul_sync_kube.aio import AsyncKubeClient  # (only once there is a client)
-
-            self.aio = AsyncKubeClient.of(client)
             common: dict[str, Any] = {
                 "on_error": self._watch_error,
                 "timeout_seconds": self.config.watch_timeout,
@@ -293,9 +287,7 @@ class KubernetesSink:
                 self.services,
                 self.slices,
                 self.view,
-                call=self._call,
-                aio=self.aio,
-                run=self._run,
+                limiter=self._limiter,
                 count_error=self._count_error,
                 tell_conflicts=self.report.tell_conflicts,
                 metrics=self.metrics,
@@ -391,20 +383,6 @@ class KubernetesSink:
             result = await anyio.to_thread.run_sync(
                 func, limiter=self._limiter, abandon_on_cancel=True
             )
-        except KubeError as exc:
-            if exc.status not in expected:
-                self._count_error(exc)
-            raise
-        return result
-
-    async def _run(
-        self, func: Callable[[], Awaitable[_T]], *, expected: Collection[int] = ()
-    ) -> _T:
-        """Run one async API call behind the limiter (no worker thread); failures other
-        than the ``expected`` statuses count as errors."""
-        try:
-            async with self._limiter:
-                result = await func()
         except KubeError as exc:
             if exc.status not in expected:
                 self._count_error(exc)

@@ -17,7 +17,7 @@ import anyio.to_thread
 import pytest
 
 from consul_sync_kube import aio as aio_module
-from consul_sync_kube.aio import AsyncKubeClient
+from consul_sync_kube.aio import AsyncKubeClient, ThreadedKubeClient, writes_for
 from consul_sync_kube.client import KubeClient
 from consul_sync_kube.errors import KubeError
 from consul_sync_kube.resources import Resource
@@ -82,8 +82,8 @@ async def both(
 
 async def test_the_bearer_token_reaches_the_api_server(kube: KubeDouble) -> None:
     client = KubeClient.for_url(kube.url, token=TOKEN)
-    aio = AsyncKubeClient.of(client)
-    assert aio is not None
+    aio = writes_for(client)
+    assert isinstance(aio, AsyncKubeClient)
     made = await aio.create(Resource.SERVICES, a_service(), field_manager="consul-sync")
     assert made["metadata"]["uid"] == kube.get("services", NS, "web")["metadata"]["uid"]
     assert await aio.get(Resource.SERVICES, NS, "web") == kube.get("services", NS, "web")
@@ -108,8 +108,8 @@ async def test_the_refresh_hook_runs_and_its_token_is_sent() -> None:
     with TinyServer(lambda seen: Answer(body=b'{"kind": "Service"}')) as server:
         client = KubeClient.for_url(server.url, token="initial")
         client.api_client.configuration.refresh_api_key_hook = refresh
-        aio = AsyncKubeClient.of(client)
-        assert aio is not None
+        aio = writes_for(client)
+        assert isinstance(aio, AsyncKubeClient)
         aio.token_check_interval = 0.0  # run the hook before every request, as the sync path does
         for _ in range(2):
             assert await aio.get(Resource.SERVICES, NS, "web") == {"kind": "Service"}
@@ -136,8 +136,8 @@ async def test_a_client_certificate_over_https(tmp_path: Path) -> None:
         configuration.cert_file = str(pki / "client.pem")
         configuration.key_file = str(pki / "client.key")
         configuration.tls_server_name = "consul.test"  # the name on the server's certificate
-        aio = AsyncKubeClient.of(client)
-        assert aio is not None
+        aio = writes_for(client)
+        assert isinstance(aio, AsyncKubeClient)
         await aio.delete(Resource.ENDPOINTSLICES, NS, "web-abc", uid="u-1")
         await aio.aclose()
 
@@ -232,12 +232,12 @@ async def test_a_hanging_api_server_times_out(
 
 def test_what_it_cannot_honour_keeps_the_thread_path(kube: KubeDouble) -> None:
     client = KubeClient.for_url(kube.url)
-    assert AsyncKubeClient.of(client) is not None
+    assert isinstance(writes_for(client), AsyncKubeClient)
     client.api_client.configuration.proxy = "http://proxy.example:3128"
-    assert AsyncKubeClient.of(client) is None
+    assert isinstance(writes_for(client), ThreadedKubeClient)
     other = KubeClient.for_url(kube.url)
     other.create = lambda *a, **k: {}  # type: ignore[method-assign]
-    assert AsyncKubeClient.of(other) is None  # a wrapped call is honoured
+    assert isinstance(writes_for(other), ThreadedKubeClient)  # a wrapped call is honoured
     assert aio_module.unsupported(KubeClient.for_url("ftp://x").api_client.configuration)
 
 
@@ -261,7 +261,7 @@ async def test_sink_writes_from_the_event_loop_behind_the_capacity_limiter(
     rig = make_sink(kube, concurrency=3)
     rig.sink.client = KubeClient.for_url(kube.url, token=TOKEN)
     await rig.sync([service("big", *addresses(1500))])  # 15 slices, written in parallel
-    assert rig.sink.aio is not None
+    assert rig.sink.writer is not None and isinstance(rig.sink.writer.api, AsyncKubeClient)
     assert peak[0] == 3
     assert threads == {threading.main_thread().name}
     assert len(kube.list("endpointslices", NS)) == 15
