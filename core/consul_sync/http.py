@@ -165,9 +165,10 @@ class Connections:
         """``method target`` with ``headers`` and ``body``; the whole exchange (connecting
         included) takes at most ``time_limit`` seconds, connecting at most ``connect_limit``.
 
-        A kept connection the server had closed meanwhile is noticed before it is used, or,
-        when the server closes it as the request goes out (no byte of an answer), the
-        request is sent once more on a fresh one."""
+        A kept connection the server had closed meanwhile is noticed before it is used; when
+        the server closes one as the request goes out (no byte of an answer), an idempotent
+        request (GET, PUT, DELETE...) is sent once more on a fresh one, a POST or PATCH is
+        not (the server may have acted on it): that fails as :class:`Unreachable`."""
         head = [*self._head, *[(k.encode(), v.encode()) for k, v in headers]]
         if body is not None:
             head.append((b"Content-Length", str(len(body)).encode()))
@@ -179,7 +180,9 @@ class Connections:
         except anyio.WouldBlock:
             await self._slots.acquire()
         try:
-            return await self._request(request, body, time_limit, connect_limit)
+            return await self._request(
+                request, body, time_limit, connect_limit, retry=method in _IDEMPOTENT
+            )
         finally:
             self._slots.release()
 
@@ -189,6 +192,7 @@ class Connections:
         body: bytes | None,
         time_limit: float,
         connect_limit: float | None,
+        retry: bool,
     ) -> Response:
         for attempt in (0, 1):
             conn = None
@@ -219,7 +223,7 @@ class Connections:
             except (OSError, anyio.BrokenResourceError, anyio.EndOfStream,
                     anyio.ClosedResourceError) as exc:  # fmt: skip
                 await _discard(conn)
-                if reused and attempt == 0 and isinstance(exc, _STALE):
+                if retry and reused and attempt == 0 and isinstance(exc, _STALE):
                     continue  # the server closed a kept connection: once more, fresh
                 raise Unreachable(
                     self._describe(exc), closed_early=isinstance(exc, _EARLY)
@@ -313,6 +317,8 @@ class Connections:
             await _discard(conn)
 
 
+#: Methods sent again when a kept connection turns out closed (RFC 9110, 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: Errors that mean a kept connection had been closed by the server.
 _STALE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.IncompleteRead, ConnectionError)
 #: Errors that mean the server went away before its answer was complete.

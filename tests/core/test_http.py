@@ -111,6 +111,27 @@ async def test_a_kept_connection_the_server_closed_is_replaced() -> None:
     assert server.connections == 2
 
 
+async def test_a_kept_connection_closed_as_the_request_goes_out() -> None:
+    """Sent once more on a fresh connection when idempotent; a POST may have been acted on."""
+
+    def answer(seen: Seen) -> Answer:
+        # the second request on the first connection: closed unanswered
+        first = [s for s in server.seen if s.connection == 1]
+        return Answer(drop=seen.connection == 1 and len(first) == 2)
+
+    for method, outcome in (("GET", 200), ("DELETE", 200), ("POST", None)):
+        with TinyServer(answer) as server:
+            client = connections(server)
+            await client.request(method, "/", time_limit=5)
+            if outcome is None:
+                with pytest.raises(http.Unreachable, match="closed the connection"):
+                    await client.request(method, "/", time_limit=5)
+            else:
+                assert (await client.request(method, "/", time_limit=5)).status == outcome
+            await client.aclose()
+        assert len(server.seen) == (2 if outcome is None else 3), method
+
+
 async def test_no_answer_is_unreachable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -33,6 +33,7 @@ class Answer:
     headers: list[tuple[str, str]] = field(default_factory=list)
     reason: str = ""
     close: bool = False  # close the connection after this answer
+    drop: bool = False  # close the connection instead of answering
 
 
 Handler = Callable[[Seen], Answer]
@@ -127,6 +128,8 @@ class TinyServer:
                 with self._lock:
                     self.seen.append(seen)
                 answer = self.handler(seen)
+                if answer.drop:
+                    return
                 headers = [("Content-Length", str(len(answer.body))), *answer.headers]
                 if answer.close:
                     headers.append(("Connection", "close"))
