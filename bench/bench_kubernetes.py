@@ -13,10 +13,15 @@ and emptied of consul-sync's objects between runs).  For each concurrency,
 
 1. **Floor**: the same objects (POST Service, POST EndpointSlice per service)
    created directly with the kubernetes client, ``concurrency`` in parallel,
-   answers read in full as the sink reads them.
+   answers read in full as the sink reads them.  This is the issue's floor.
+   Then the **async floor**: the same creates through the sink's own async
+   client (``consul_sync_kube.aio``, h11 over anyio, no worker threads), the
+   same concurrency: what the writes cost on the sink's own HTTP path.
 2. **Cold start**: consul-sync (the runtime, a source holding N x M) into the
    empty namespace, start to ready: time and requests.  The ratio to the floor
-   of the same run is what counts (the machine's noise hits both).
+   of the same run is what counts (the machine's noise hits both); it is
+   printed against both floors.  Each phase also prints this process's CPU
+   seconds (the API double's are its own process's).
 
 Then once: change-to-apply p50/p99 for ``--changes`` health flips (one
 slice rewritten) and registrations (Service + slice), each after a quiet
@@ -36,6 +41,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from resource import RUSAGE_SELF, getrusage
 from typing import Any
 
 import anyio
@@ -50,6 +56,7 @@ from consul_sync.model import DesiredService, Endpoint, Port
 from consul_sync.plugins import collect_types, make_plugin_manager
 from consul_sync.registry import Context
 from consul_sync.testing import FakePlugin, FakeSource
+from consul_sync_kube.aio import AsyncKubeClient
 from consul_sync_kube.client import KubeClient
 from consul_sync_kube.errors import WRITE_VERBS
 from consul_sync_kube.resources import Resource
@@ -164,6 +171,42 @@ def floor(target: Target, services: list[DesiredService], concurrency: int) -> f
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(create, objects))
         return time.perf_counter() - started
+
+
+def async_floor(target: Target, services: list[DesiredService], concurrency: int) -> float:
+    """The same POSTs through the async client (:mod:`consul_sync_kube.aio`): ``concurrency``
+    tasks on one event loop, no worker thread."""
+    objects = [render.render(s, owner="bench") for s in services]
+
+    async def run(client: KubeClient) -> float:
+        aio = AsyncKubeClient(client)
+        send, receive = anyio.create_memory_object_stream[render.Rendered](len(objects))
+        for rendered in objects:
+            send.send_nowait(rendered)
+        send.close()
+
+        async def worker() -> None:
+            async for rendered in receive:
+                assert await aio.create(Resource.SERVICES, rendered.service)
+                for obj in rendered.slices:
+                    assert await aio.create(Resource.ENDPOINTSLICES, obj)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker)
+        elapsed = time.perf_counter() - started
+        await aio.aclose()
+        return elapsed
+
+    with target.client(concurrency) as client:
+        return anyio.run(run, client)
+
+
+def cpu() -> float:
+    """This process's CPU seconds so far (every thread, user and system)."""
+    usage = getrusage(RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_app(client: KubeClient, namespace: str, concurrency: int) -> App:
@@ -304,24 +347,43 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     for concurrency in levels:
         print(f"\nconcurrency {concurrency}, {args.runs} runs (each: floor, then consul-sync)")
-        ratios, floors, colds = [], [], []
+        ratios, async_ratios, floors, async_floors, colds = [], [], [], [], []
+        cpus: dict[str, list[float]] = {"floor": [], "async floor": [], "cold start": []}
         last: dict[str, Any] = {}
         for run in range(args.runs):
+            used = cpu()
             base = floor(target, services, concurrency)
+            cpus["floor"].append(cpu() - used)
+            used = cpu()
+            async_base = async_floor(target, services, concurrency)
+            cpus["async floor"].append(cpu() - used)
             timed = run == args.runs - 1 and concurrency == levels[-1]
+            used = cpu()
             last = anyio.run(ours, target, services, concurrency, args.changes if timed else 0)
+            cpus["cold start"].append(cpu() - used)  # (with the timed changes in the last run)
             floors.append(base)
+            async_floors.append(async_base)
             colds.append(last["cold"])
             ratios.append(last["cold"] / base)
+            async_ratios.append(last["cold"] / async_base)
             total, shown = last["cold_requests"]
             print(
                 f"  run {run + 1}: cold start {last['cold']:6.2f}s ({total} requests: {shown}); "
-                f"floor {base:6.2f}s ({2 * n} requests); ratio {ratios[-1]:.2f}x"
+                f"floor {base:6.2f}s, async floor {async_base:6.2f}s ({2 * n} requests each); "
+                f"ratio {ratios[-1]:.2f}x, to the async floor {async_ratios[-1]:.2f}x; CPU "
+                + ", ".join(f"{what} {values[-1]:.2f}s" for what, values in cpus.items())
             )
         print(
             f"  median: cold start {statistics.median(colds):.2f}s, floor "
-            f"{statistics.median(floors):.2f}s; ratio median {statistics.median(ratios):.2f}x "
-            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
+            f"{statistics.median(floors):.2f}s, async floor {statistics.median(async_floors):.2f}s"
+            f"; ratio median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x), to the async floor "
+            f"{statistics.median(async_ratios):.2f}x "
+            f"(min {min(async_ratios):.2f}x, max {max(async_ratios):.2f}x)"
+        )
+        print(
+            "  CPU of this process, medians: "
+            + ", ".join(f"{what} {statistics.median(v):.2f}s" for what, v in cpus.items())
         )
     if "flip" in last:
         for what in ("flip", "registration"):

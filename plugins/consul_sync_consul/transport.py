@@ -11,11 +11,12 @@ headers, body), with the body capped at ``max_body`` as it arrives; it raises
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import httpx
+
+from consul_sync import http
 
 from .errors import BadAnswer, Unavailable
 
@@ -42,16 +43,8 @@ def ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     return context
 
 
-class Answer:
-    """What a transport hands back: status, headers (lower-case names), body."""
-
-    __slots__ = ("body", "headers", "status", "version")
-
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, version: str) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.version = version
+#: What a transport hands back: status, headers (lower-case names), body, HTTP version.
+Answer = http.Response
 
 
 def over_cap(path: str, size: int, cap: int) -> BadAnswer:

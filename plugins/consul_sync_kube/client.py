@@ -27,7 +27,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
-from .errors import KubeError, retry_after_seconds
+from .errors import KubeError, answer_error
 from .resources import GATEWAY_VERSION, Resource
 from .watch import WatchStream
 
@@ -44,24 +44,19 @@ REQUEST_TIMEOUT = 30.0
 def _error(
     exc: BaseException, verb: str, resource: Resource, namespace: str, name: str
 ) -> KubeError:
-    where = {"verb": verb, "resource": resource, "namespace": namespace, "name": name}
     if isinstance(exc, ApiException):
-        body: dict[str, Any] = {}
-        try:
-            parsed = json.loads(exc.body or "{}")
-            if isinstance(parsed, dict):
-                body = parsed
-        except ValueError:
-            pass
         headers = exc.headers or {}
-        return KubeError(
+        return answer_error(
             int(exc.status or 0),
-            str(body.get("message") or exc.body or exc.reason or "error"),
-            reason=str(body.get("reason") or exc.reason or ""),
-            retry_after=retry_after_seconds(headers.get("Retry-After")),
-            causes=list((body.get("details") or {}).get("causes") or []),
-            **where,  # type: ignore[arg-type]
+            exc.reason,
+            exc.body,
+            headers.get("Retry-After"),
+            verb=verb,
+            resource=resource,
+            namespace=namespace,
+            name=name,
         )
+    where = {"verb": verb, "resource": resource, "namespace": namespace, "name": name}
     return KubeError(0, f"{type(exc).__name__}: {exc}", **where)  # type: ignore[arg-type]
 
 

@@ -5,6 +5,7 @@ the sinks' modules use these without loading the client library."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -54,6 +55,41 @@ class KubeError(Exception):
     def __str__(self) -> str:
         code = f"{self.status} {self.reason}".strip() if self.status else "no answer"
         return f"{self.message} ({code})"
+
+
+def answer_error(
+    status: int,
+    reason: str | None,
+    text: str | None,
+    retry_after: str | None,
+    *,
+    verb: str,
+    resource: Resource,
+    namespace: str,
+    name: str,
+) -> KubeError:
+    """The :class:`KubeError` for an API server's answer other than 2xx: ``status``, the
+    HTTP ``reason`` phrase, the body as ``text`` (a ``Status`` object, or plain text as a
+    429 of API Priority and Fairness is) and the ``Retry-After`` header.  Both ways to the
+    API server (the client's threads and :mod:`.aio`) say a failure with this one."""
+    body: dict[str, Any] = {}
+    try:
+        parsed = json.loads(text or "{}")
+        if isinstance(parsed, dict):
+            body = parsed
+    except ValueError:
+        pass
+    return KubeError(
+        status,
+        str(body.get("message") or text or reason or "error"),
+        reason=str(body.get("reason") or reason or ""),
+        retry_after=retry_after_seconds(retry_after),
+        causes=list((body.get("details") or {}).get("causes") or []),
+        verb=verb,
+        resource=resource,
+        namespace=namespace,
+        name=name,
+    )
 
 
 #: Verbs that change something (counted as writes in an outage summary).

@@ -226,6 +226,8 @@ class KubernetesSink:
         for informer in (self.services, self.slices):
             if informer is not None:
                 await informer.join()
+        if self.writer is not None:
+            await self.writer.aclose()
         if self._own_client and self.client is not None:
             self.client.close()
 
@@ -285,7 +287,7 @@ class KubernetesSink:
                 self.services,
                 self.slices,
                 self.view,
-                call=self._call,
+                limiter=self._limiter,
                 count_error=self._count_error,
                 tell_conflicts=self.report.tell_conflicts,
                 metrics=self.metrics,

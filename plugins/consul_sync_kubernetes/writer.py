@@ -2,11 +2,15 @@
 
 :meth:`Writer.upsert` renders the service (through the :class:`.view.View`, which knows which
 slice holds which endpoint now) and sends only the objects that differ from the view: a new
-Service and its first slice as two POSTs in one worker-thread call, an existing object as a
-server-side apply (after handing over what its creating POST still owns,
-:mod:`.handover`); slices that became empty are deleted.  :meth:`Writer.delete` deletes a
-key's Services (and the slices the garbage collector would not).  Every answer is put in the
-informer stores at once, so the view is current before the watch event arrives.
+Service and its first slice as two POSTs, one after the other, an existing object as a
+server-side apply (after handing over what its creating POST still owns, :mod:`.handover`);
+slices that became empty are deleted.  :meth:`Writer.delete` deletes a key's Services (and the
+slices the garbage collector would not).  Every answer is put in the informer stores at once,
+so the view is current before the watch event arrives.
+
+The writes go from the event loop through :class:`consul_sync_kube.aio.AsyncKubeClient` (for a
+configuration it cannot honour, each in a worker thread: :func:`consul_sync_kube.aio.writes_for`),
+behind the sink's concurrency limiter (``concurrency`` writes in flight).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import anyio
 
 from consul_sync import Context, DesiredService, Observed, SinkError
 from consul_sync.model import ServiceKey
@@ -41,7 +47,8 @@ _T = TypeVar("_T")
 
 
 class Call(Protocol):
-    """Runs one blocking API call in a worker thread (the sink's ``_call``)."""
+    """Runs one blocking API call in a worker thread (the sink's ``_call``; the report's
+    Events and reads use it, the writer's writes go through its ``api``)."""
 
     def __call__(
         self, func: Callable[[], _T], *, expected: Collection[int] = ()
@@ -60,7 +67,7 @@ class Writer:
         slices: Informer,
         view: View,
         *,
-        call: Call,
+        limiter: anyio.CapacityLimiter,
         count_error: Callable[[KubeError], bool],
         tell_conflicts: Callable[[], Awaitable[None]],
         metrics: SinkMetrics,
@@ -69,13 +76,16 @@ class Writer:
         self.name = name
         self.context = context
         self.namespace = context.namespace
-        self.client = client
+        from consul_sync_kube.aio import writes_for  # (imports ``kubernetes``)
+
+        #: the way of the writes: the async client, or worker threads through ``client``
+        self.api = writes_for(client)
         self.services = services
         self.slices = slices
         self.view = view
         self.names: NameBook = view.names
         self.owner = view.ownership.owner
-        self.call = call
+        self.limiter = limiter
         self.count_error = count_error
         self.tell_conflicts = tell_conflicts
         self.metrics = metrics
@@ -91,11 +101,10 @@ class Writer:
         ``apply`` reads the object and classifies it.  Otherwise a
         server-side apply, after handing over to it what the POST that made
         the object still owns and the apply drops (:func:`.handover.hand_over`)."""
-        client = self.client
         informer = self.services if resource is Resource.SERVICES else self.slices
         if create:
-            result = await self.call(
-                lambda: client.create(resource, body, field_manager=FIELD_MANAGER),
+            result = await self._run(
+                partial(self.api.create, resource, body, field_manager=FIELD_MANAGER),
                 expected=(409,),
             )
         else:
@@ -110,43 +119,52 @@ class Writer:
                     }
                 }
                 informer.put(
-                    await self.call(
-                        lambda: client.merge_patch(
-                            resource, metadata["namespace"], metadata["name"], patch
+                    await self._run(
+                        partial(
+                            self.api.merge_patch,
+                            resource,
+                            metadata["namespace"],
+                            metadata["name"],
+                            patch,
                         )
                     )
                 )
-            result = await self.call(
-                lambda: client.apply(resource, body, field_manager=FIELD_MANAGER, force=force)
+            result = await self._run(
+                partial(self.api.apply, resource, body, field_manager=FIELD_MANAGER, force=force)
             )
         informer.put(result)
         if resource is Resource.ENDPOINTSLICES:
             self.view.index_slices({result["metadata"]["name"]})
 
     async def create_with_slice(self, service: dict[str, Any], slice_obj: dict[str, Any]) -> None:
-        """POST a new Service and then, in the same worker thread, its first
-        slice, owned by the uid the Service's answer names: one hand-off to
-        a worker thread and back instead of two, and the thread's next write
-        follows the first one's answer at once, as a plain client's would.
+        """POST a new Service and then, in the same place behind the limiter,
+        its first slice, owned by the uid the Service's answer names: the
+        second write follows the first one's answer at once, as a plain
+        client's would.
         Each POST is what :meth:`apply_object` sends with ``create``; a
         failure is raised (after storing the Service if it was made), as
         :meth:`apply_object`'s would be."""
-        client, k8s_name = self.client, service["metadata"]["name"]
+        api, k8s_name = self.api, service["metadata"]["name"]
 
-        def run() -> tuple[list[dict[str, Any]], KubeError | None]:
+        async def run() -> tuple[list[dict[str, Any]], KubeError | None]:
             made: list[dict[str, Any]] = []
             try:
-                made.append(client.create(Resource.SERVICES, service, field_manager=FIELD_MANAGER))
-                made_uid = uid(made[0])
-                slice_obj["metadata"]["ownerReferences"] = [r.owner_reference(k8s_name, made_uid)]
                 made.append(
-                    client.create(Resource.ENDPOINTSLICES, slice_obj, field_manager=FIELD_MANAGER)
+                    await api.create(Resource.SERVICES, service, field_manager=FIELD_MANAGER)
+                )
+                slice_obj["metadata"]["ownerReferences"] = [
+                    r.owner_reference(k8s_name, uid(made[0]))
+                ]
+                made.append(
+                    await api.create(
+                        Resource.ENDPOINTSLICES, slice_obj, field_manager=FIELD_MANAGER
+                    )
                 )
             except KubeError as exc:
                 return made, exc
             return made, None
 
-        made, error = await self.call(run)
+        made, error = await self._run(run)
         if made:
             self.services.put(made[0])
         if len(made) > 1:
@@ -158,10 +176,10 @@ class Writer:
             raise error
 
     async def delete_object(self, resource: Resource, obj: Mapping[str, Any]) -> None:
-        client, name, obj_uid = self.client, meta(obj)["name"], uid(obj)
+        name, obj_uid = meta(obj)["name"], uid(obj)
         try:
-            await self.call(
-                lambda: client.delete(resource, self.namespace, name, uid=obj_uid or None),
+            await self._run(
+                partial(self.api.delete, resource, self.namespace, name, uid=obj_uid or None),
                 expected=(404,),
             )
         except KubeError as exc:
@@ -205,7 +223,7 @@ class Writer:
             self.metrics.skipped.labels(sink=self.name, what="endpoint").inc()
             log.warning("sink %s: %s", self.name, problem, extra={"sink": self.name})
         # A new Service goes with its first new slice (the usual new key:
-        # one of each) in one worker-thread call.
+        # one of each) in one place behind the limiter.
         chained = None
         if live is None:
             chained = next(
@@ -287,11 +305,11 @@ class Writer:
         resource = error.resource
         if resource not in (Resource.SERVICES, Resource.ENDPOINTSLICES) or not error.name:
             return
-        client, name = self.client, error.name
+        name = error.name
         informer = self.services if resource is Resource.SERVICES else self.slices
         try:
-            obj = await self.call(
-                lambda: client.get(resource, self.namespace, name), expected=(404,)
+            obj = await self._run(
+                partial(self.api.get, resource, self.namespace, name), expected=(404,)
             )
         except KubeError as exc:
             if exc.status != 404:
@@ -308,3 +326,19 @@ class Writer:
             self.view.reindex({name})
         else:
             self.view.slices_changed({name})
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+    async def _run(
+        self, func: Callable[[], Awaitable[_T]], *, expected: Collection[int] = ()
+    ) -> _T:
+        """One API call (or a Service and its first slice) behind the limiter; failures
+        other than the ``expected`` statuses count as errors."""
+        try:
+            async with self.limiter:
+                return await func()
+        except KubeError as exc:
+            if exc.status not in expected:
+                self.count_error(exc)
+            raise
