@@ -40,8 +40,6 @@ _T = TypeVar("_T")
 #: How often, at most, a configuration's token refresh hook is run (in a worker thread: an
 #: exec plugin may run a program); the token it gave is used meanwhile.
 TOKEN_CHECK_INTERVAL = 1.0
-#: The methods of a :class:`.client.KubeClient` this client stands in for.
-WRITES = ("create", "apply", "merge_patch", "delete", "get")
 
 
 def _path(resource: Resource, namespace: str, name: str = "") -> str:
@@ -311,11 +309,6 @@ class ThreadedKubeClient:
 def writes_for(client: KubeClient) -> AsyncKubeClient | ThreadedKubeClient:
     """The way for a sink's hot-path calls: from the event loop when the async client can
     speak as ``client`` does, else in worker threads through ``client`` itself."""
-    replaced = [name for name in WRITES if name in vars(client)]
-    if replaced:
-        # A wrapper of the client's own calls (instrumentation, a test) is honoured.
-        log.debug("Kubernetes writes through worker threads: %s replaced", ", ".join(replaced))
-        return ThreadedKubeClient(client)
     why = unsupported(client.api_client.configuration)
     if why:
         log.debug("Kubernetes writes through worker threads: %s", why)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from kubernetes.config import incluster_config
 
+from consul_sync_kube import aio
 from consul_sync_kube.client import KubeClient
 from consul_sync_kube.resources import Resource
 from tests.fakes.k8s_double import KubeDouble
@@ -73,8 +74,11 @@ def test_the_service_account_is_used_in_a_pod(
 
 @pytest.mark.anyio
 async def test_writes_run_in_worker_threads_behind_the_capacity_limiter(
-    kube: KubeDouble,
+    kube: KubeDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The thread path: what a configuration the async client cannot speak (a proxy, say)
+    # writes through (tests/kubernetes/test_aio.py has the event loop's path).
+    monkeypatch.setattr(aio, "writes_for", aio.ThreadedKubeClient)
     rig = make_sink(kube, concurrency=3)
     rig.sink.client = KubeClient.for_url(kube.url, token="s3cret")
     client = rig.sink.client
