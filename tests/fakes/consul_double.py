@@ -36,9 +36,11 @@ disagree, the recording is right):
   get the recorded raw ``429`` at accept time, before a byte is read.
 * Python-side helpers for tests: fast state mutation without HTTP (:meth:`ConsulDouble.register`,
   :meth:`ConsulDouble.batch`, :meth:`ConsulDouble.populate`, ...), connection statistics, a
-  request log, fault injection (:meth:`ConsulDouble.inject_fault`), ``stop()``/``start()`` on the
-  same port, ``save_snapshot()``/``restore_snapshot()`` (indexes go backwards, as after
-  ``consul snapshot restore``), and a ``time_scale`` knob that shrinks every blocking wait.
+  request log, a record of the blocking queries that parked (:attr:`ConsulDouble.parked_queries`:
+  the wait each chose, what ended it), fault injection (:meth:`ConsulDouble.inject_fault`),
+  ``stop()``/``start()`` on the same port, ``save_snapshot()``/``restore_snapshot()`` (indexes go
+  backwards, as after ``consul snapshot restore``), and a ``time_scale`` knob that shrinks every
+  blocking wait.
 
 Where it deliberately differs from real Consul
 ==============================================
@@ -104,6 +106,7 @@ __all__ = [
     "Fault",
     "FaultKind",
     "FilterError",
+    "ParkedQuery",
     "PolicyError",
     "RecordedRequest",
     "compile_filter",
@@ -1238,6 +1241,27 @@ class RecordedRequest:
     received_at: float
 
 
+@dataclass(frozen=True)
+class ParkedQuery:
+    """One blocking query that parked, as the double decided and ended it.
+
+    Tests read these (:attr:`ConsulDouble.parked_queries`) to check the double's timing
+    decisions without timing it: the wait it chose and whether a change or the clock ended it.
+    """
+
+    path: str
+    index: int
+    """The ``?index=`` it waited past."""
+    wait: float
+    """The wait chosen, in agent seconds: ``?wait=`` (5 min by default, at most 10 min), plus
+    the blocking-query backend's jitter (up to wait/16); the streaming backend adds none."""
+    timeout: float
+    """``wait * time_scale``: the wall-clock seconds it would park at most."""
+    outcome: Literal["changed", "timeout", "restored", "stopped"]
+    """``changed``: its index moved before the deadline; ``timeout``: the deadline came first;
+    ``restored``: a snapshot restore answered it; ``stopped``: the double stopped."""
+
+
 class _HTTPError(Exception):
     def __init__(
         self,
@@ -1565,6 +1589,7 @@ class ConsulDouble:
         self._conds: dict[str, _CondEntry] = {}
         self._blocked_cond = threading.Condition(self._lock)
         self._blocked: collections.Counter[str] = collections.Counter()
+        self._parked: collections.deque[ParkedQuery] = collections.deque(maxlen=100_000)
         self._generation = 0
         #: Bumped by :meth:`restore_snapshot`: parked blocking queries answer at once.
         self._abandoned = 0
@@ -2061,10 +2086,11 @@ class ConsulDouble:
         key: str,
         index_fn: Callable[[], int],
         min_index: int,
-        timeout: float,
+        wait: float,
         generation: int,
         path: str,
     ) -> None:
+        timeout = wait * self.time_scale
         entry = self._conds.get(key)
         if entry is None:
             entry = self._conds[key] = _CondEntry(threading.Condition(self._lock))
@@ -2073,6 +2099,7 @@ class ConsulDouble:
         self._blocked_cond.notify_all()
         deadline = time.monotonic() + timeout
         abandoned = self._abandoned
+        outcome: Literal["changed", "timeout", "restored", "stopped"] = "stopped"
         try:
             while index_fn() <= min_index:
                 remaining = deadline - time.monotonic()
@@ -2083,7 +2110,14 @@ class ConsulDouble:
                     raise _Abort()
                 if abandoned != self._abandoned:
                     break  # a snapshot was restored: answer now, with the restored index
+            if abandoned != self._abandoned:
+                outcome = "restored"
+            elif index_fn() > min_index and time.monotonic() < deadline:
+                outcome = "changed"
+            else:
+                outcome = "timeout"
         finally:
+            self._parked.append(ParkedQuery(path, min_index, wait, timeout, outcome))
             entry.waiters -= 1
             if entry.waiters == 0:
                 self._conds.pop(key, None)
@@ -2091,6 +2125,12 @@ class ConsulDouble:
             if self._blocked[path] <= 0:
                 del self._blocked[path]
             self._blocked_cond.notify_all()
+
+    @property
+    def parked_queries(self) -> list[ParkedQuery]:
+        """Blocking queries that parked and have answered, oldest first (the last 100,000)."""
+        with self._lock:
+            return list(self._parked)
 
     @property
     def blocked_queries(self) -> int:
@@ -2124,9 +2164,7 @@ class ConsulDouble:
             wait = min(wait, MAX_WAIT_S)
             if not streaming:
                 wait += self._random.random() * wait / JITTER_FRACTION
-            self._wait_for_change(
-                key, index_fn, opts.index, wait * self.time_scale, generation, req.path
-            )
+            self._wait_for_change(key, index_fn, opts.index, wait, generation, req.path)
         return max(1, index_fn())
 
     # ---------------------------------------------------------------- state mutation (internal)
