@@ -264,8 +264,16 @@ class Watch:
         """(seconds to the runtime, seconds to the sink[, seconds to Consul's
         own wake]).  ``wake`` is ``(agent URL, path)`` of a blocking query
         the bench parks before ``act``: when Consul answers it is the floor
-        (what no watcher of that endpoint can beat)."""
+        (what no watcher of that endpoint can beat).
+
+        Each change comes after a quiet period (the coalescing window since the
+        runtime's last write), so it measures one change alone: a change right
+        behind another written one waits for the window by design (gathered with
+        whatever else comes), which is what COALESCE_WINDOW means, not latency."""
         floor: list[float] = []
+        quiet = float(self.runtime.settings.coalesce_window) + 0.01
+        while (gap := time.monotonic() - self.runtime._last_pass_end) < quiet:  # noqa: ASYNC110
+            await anyio.sleep(quiet - gap)
         async with anyio.create_task_group() as tg:
             if wake is not None:
                 parked = anyio.Event()
