@@ -28,7 +28,7 @@ import anyio.to_thread
 from consul_sync import http
 
 from . import client as sync
-from .errors import KubeError, answer_error
+from .errors import KubeError, answer_error, sending
 from .resources import Resource
 
 if TYPE_CHECKING:
@@ -155,19 +155,20 @@ class AsyncKubeClient:
         if token:
             headers.append(("authorization", token))
         where = {"verb": verb, "resource": resource, "namespace": namespace, "name": name}
-        try:
-            answer = await self._http.request(
-                method,
-                target,
-                headers,
-                data,
-                time_limit=sync.CONNECT_TIMEOUT + sync.REQUEST_TIMEOUT,
-                connect_limit=sync.CONNECT_TIMEOUT,
-            )
-        except http.HTTPError as exc:
-            self.client._count(verb, resource, 0)
-            raise KubeError(0, f"{type(exc).__name__}: {exc}", **where) from exc  # type: ignore[arg-type]
-        self.client._count(verb, resource, answer.status)
+        with sending():
+            try:
+                answer = await self._http.request(
+                    method,
+                    target,
+                    headers,
+                    data,
+                    time_limit=sync.CONNECT_TIMEOUT + sync.REQUEST_TIMEOUT,
+                    connect_limit=sync.CONNECT_TIMEOUT,
+                )
+            except http.HTTPError as exc:
+                self.client._count(verb, resource, 0)
+                raise KubeError(0, f"{type(exc).__name__}: {exc}", **where) from exc  # type: ignore[arg-type]
+            self.client._count(verb, resource, answer.status)
         if not 200 <= answer.status <= 299:
             try:
                 text: str | None = answer.body.decode("utf-8")

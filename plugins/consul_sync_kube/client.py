@@ -27,7 +27,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
-from .errors import KubeError, answer_error
+from .errors import KubeError, answer_error, sending
 from .resources import GATEWAY_VERSION, Resource
 from .watch import WatchStream
 
@@ -149,13 +149,14 @@ class KubeClient:
         **kwargs: Any,
     ) -> Any:
         kwargs.setdefault("_request_timeout", (CONNECT_TIMEOUT, REQUEST_TIMEOUT))
-        try:
-            response = func(*args, _preload_content=False, **kwargs)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            error = _error(exc, verb, resource, namespace, name)
-            self._count(verb, resource, error.status)
-            raise error from exc
-        self._count(verb, resource, response.status)
+        with sending():
+            try:
+                response = func(*args, _preload_content=False, **kwargs)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                error = _error(exc, verb, resource, namespace, name)
+                self._count(verb, resource, error.status)
+                raise error from exc
+            self._count(verb, resource, response.status)
         if kwargs.get("watch"):
             return response
         try:

@@ -5,12 +5,14 @@ the sinks' modules use these without loading the client library."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -102,6 +104,24 @@ def unavailable(status: int) -> bool:
     return status == 0 or status >= 500
 
 
+#: When the request being answered was sent (``time.monotonic()``), for the listeners told of
+#: its answer: set by both clients around each request (a context variable: per thread, and
+#: per task on the event loop).
+SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "consul_sync_kube_sent_at", default=None
+)
+
+
+@contextlib.contextmanager
+def sending() -> Iterator[None]:
+    """Mark the request made inside as sent now (see :data:`SENT_AT`)."""
+    token = SENT_AT.set(time.monotonic())
+    try:
+        yield
+    finally:
+        SENT_AT.reset(token)
+
+
 class Outage:
     """Tells an API outage once instead of once per failed request.
 
@@ -156,14 +176,18 @@ class Outage:
         return True
 
     def answered(self, verb: str, resource: Resource, status: int) -> None:
-        """A client listener: any answer but a 5xx ends an outage."""
+        """A client listener: any answer but a 5xx ends an outage -- unless its request was
+        sent before the outage began (a write in flight when the API went away says nothing
+        about now; counting it would end the outage early and tell it twice)."""
         if unavailable(status):
             return
+        sent = SENT_AT.get()
         with self._lock:
-            since, self.since = self.since, None
+            since = self.since
+            if since is None or (sent is not None and sent < since):
+                return
+            self.since = None
             writes, reads = self.writes, self.reads
-        if since is None:
-            return
         self.log.warning(
             "sink %s: Kubernetes API answers again; it was unavailable for %.1f s: "
             "%d writes retried, %d reads and watches failed meanwhile",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -10,7 +11,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from consul_sync_kube.client import _error
-from consul_sync_kube.errors import KubeError, rbac_hint, retry_after_seconds
+from consul_sync_kube.errors import KubeError, Outage, rbac_hint, retry_after_seconds, sending
 from consul_sync_kube.resources import Resource
 
 from .recordings import recording
@@ -77,3 +78,31 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert 25 < (retry_after_seconds(later) or 0) <= 30
     error = _error(api_exception("12", {"Retry-After": "2"}), "patch", Resource.SERVICES, "n", "w")
     assert error.retry_after == 2.0 and error.reason == "Conflict"
+
+
+# --- one line per outage, also with writes in flight when it began -------------------
+
+
+def test_an_answer_to_a_request_sent_before_the_outage_does_not_end_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write in flight when the API went away may still be answered after the first failure
+    was seen; that answer says nothing about now. Only an answer to a request sent after the
+    outage began ends it: one "unavailable" line and one "answers again" line per outage."""
+    log = logging.getLogger("consul_sync.kubernetes.test")
+    outage = Outage("kubernetes", log)
+    down = KubeError(0, "Unreachable: connection refused", verb="watch", resource=Resource.SERVICES)
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    with sending():  # the write goes out before the outage...
+        assert outage.failed(down)  # ... the watch fails meanwhile ...
+        outage.answered("create", Resource.SERVICES, 201)  # ... then the write is answered
+    assert outage.since is not None  # the outage goes on
+    retry = KubeError(0, "Unreachable", verb="delete", resource=Resource.SERVICES, name="svc1")
+    assert outage.failed(retry)  # counted in the same outage, not told again
+    with sending():  # a request sent now, answered: the API is back
+        outage.answered("delete", Resource.SERVICES, 200)
+    assert outage.since is None
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("Kubernetes API unavailable" in line for line in lines) == 1
+    assert sum("Kubernetes API answers again" in line for line in lines) == 1
+    assert "1 writes retried, 1 reads and watches failed" in lines[-1]
