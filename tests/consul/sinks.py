@@ -22,12 +22,24 @@ class MemorySink:
         #: key -> time (monotonic) of its last write
         self.written: dict[ServiceKey, float] = {}
         self._event = anyio.Event()
+        #: The last view: an entry is made again only for an object that changed (a real
+        #: sink keeps its view up to date; at 10,000 services making it afresh every pass
+        #: would be this fake's cost, not the runtime's).
+        self._view: dict[ServiceKey, Observed] = {}
 
     async def open(self) -> None:
         return None
 
     async def observe(self, *, fresh: bool = False) -> Mapping[ServiceKey, Observed]:
-        return {k: Observed(k, True, v, v.sources) for k, v in self.objects.items()}
+        last = self._view
+        view = {}
+        for key, service in self.objects.items():
+            entry = last.get(key)
+            if entry is None or entry.service is not service:
+                entry = Observed(key, True, service, service.sources)
+            view[key] = entry
+        self._view = view
+        return view
 
     async def apply(self, change: Change) -> None:
         if change.action is Action.DELETE:
