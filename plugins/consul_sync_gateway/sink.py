@@ -74,9 +74,6 @@ log = logging.getLogger("consul_sync.gateway")
 informer_log = logging.getLogger("consul_sync.gateway.informer")
 
 SERVICE_SELECTOR = f"{MANAGED_BY}={MANAGER}"
-#: urllib3's own retries (three quick retries of a refused connection), as this sink's client
-#: always had; the kubernetes sink's client has none (``consul_sync_kube.client.NO_RETRIES``).
-URLLIB3_RETRIES = None
 MISSING_CRDS = (
     "the Gateway API is not installed (the API server does not serve "
     "gateway.networking.k8s.io/v1 httproutes): no routes are written; install the "
@@ -217,7 +214,7 @@ class GatewaySink:
 
     async def _client(self) -> KubeClient:
         if self.client is None:
-            self.client = await connect(self.config, retries=URLLIB3_RETRIES)
+            self.client = await connect(self.config)  # urllib3 retries nothing: the runtime does
         return self.client
 
     async def _discover(self, client: KubeClient) -> None:

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from consul_sync import hookimpl
 from consul_sync.cli import main
 from tests.fakes.consul_double import ConsulDouble
 from tests.fakes.k8s_double import KubeDouble
+from tests.kubernetes.helpers import kubeconfig
 
 NS = "network"
 
@@ -52,22 +52,6 @@ def blackhole() -> Iterator[str]:
         for conn in held:
             conn.close()
         server.close()
-
-
-def kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": url}}],
-                "users": [{"name": "u", "user": {}}],
-                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "ctx",
-            }
-        )
-    )
-    return path
 
 
 class Process:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 
 from consul_sync.cli import App
 from tests.fakes.k8s_double import KubeDouble
-from tests.kubernetes.helpers import NS, kube_app, service, source, until, writes
+from tests.kubernetes.helpers import NS, kube_app, kubeconfig, service, source, until, writes
 
 from .helpers import ROUTES, gateway_sink, metric, routes
 
@@ -337,3 +338,26 @@ async def test_routes_of_a_removed_tag_go_through_the_prune_budget(kube: KubeDou
         await until(lambda: routes(kube) == {})
         assert kube.list("services", NS) != []  # the Services stay
         app.runtime.stop()
+
+
+async def test_an_api_outage_costs_no_urllib3_retries(
+    kube: KubeDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sink's own client (from its kubeconfig) retries nothing itself: a refused
+    connection fails at once and the runtime retries with backoff, as for the kubernetes
+    sink -- not three quick urllib3 retries, each a "Retrying" warning, per request."""
+    caplog.set_level(logging.DEBUG)
+    config = kubeconfig(tmp_path / "kubeconfig", kube.url)
+    app = kube_app(kube, gateway={"kubeconfig": str(config)}, gateway_client=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.runtime.run)
+        await source(app).push([plex(tags=["internal"])])
+        await until(lambda: "plex-envoy-internal" in routes(kube))
+        kube.stop()
+        await source(app).push(upsert=[plex(tags=["internal", "external"])])
+        await until(lambda: bool(app.runtime.states["gateway"].failing))
+        kube.start()
+        await until(lambda: set(routes(kube)) == {"plex-envoy-internal", "plex-envoy-external"})
+        app.runtime.stop()
+    retrying = [r for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.msg]
+    assert retrying == []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import attrs
+import yaml
 
 from consul_sync.cli import App, build_app
 from consul_sync.config import load_settings
@@ -26,6 +28,7 @@ __all__ = [
     "NS",
     "addresses",
     "kube_app",
+    "kubeconfig",
     "make_sink",
     "names",
     "service",
@@ -116,6 +119,7 @@ def kube_app(
     *,
     sink: dict[str, Any] | None = None,
     gateway: dict[str, Any] | None = None,
+    gateway_client: bool = True,
     **global_settings: Any,
 ) -> App:
     """A whole consul-sync: a fake source into the kubernetes sink on the double (and, with
@@ -130,7 +134,8 @@ def kube_app(
         sinks.append(
             {"name": "gateway", "type": "gateway", "domain_suffix": "example.test", **gateway}
         )
-        extras["gateway_client"] = KubeClient.for_url(kube.url)
+        if gateway_client:  # (else the sink makes its own, from its kubeconfig setting)
+            extras["gateway_client"] = KubeClient.for_url(kube.url)
     raw = {
         "namespace": NS,
         "coalesce_window": "10ms",
@@ -159,3 +164,21 @@ def writes(kube: KubeDouble) -> list[tuple[str, str]]:
 
 def names(kube: KubeDouble, resource: str, selector: str = "") -> list[str]:
     return sorted(o["metadata"]["name"] for o in kube.list(resource, NS, label_selector=selector))
+
+
+def kubeconfig(path: Path, url: str, token: str | None = None) -> Path:
+    """A kubeconfig at ``path`` for the API at ``url`` (with a bearer ``token`` if given)."""
+    user: dict[str, Any] = {"token": token} if token else {}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "ctx",
+            }
+        )
+    )
+    return path

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes.config import incluster_config
 
 from consul_sync_kube import aio
@@ -17,7 +16,7 @@ from consul_sync_kube.client import KubeClient
 from consul_sync_kube.resources import Resource
 from tests.fakes.k8s_double import KubeDouble
 
-from .helpers import NS, addresses, make_sink, service
+from .helpers import NS, addresses, kubeconfig, make_sink, service
 
 
 @pytest.fixture
@@ -26,27 +25,11 @@ def kube() -> Iterator[KubeDouble]:
         yield double
 
 
-def kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": url}}],
-                "users": [{"name": "u", "user": {"token": "s3cret"}}],
-                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "ctx",
-            }
-        )
-    )
-    return path
-
-
 def test_a_kubeconfig_is_used_outside_a_cluster(
     kube: KubeDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    path = kubeconfig(tmp_path / "config", kube.url)
+    path = kubeconfig(tmp_path / "config", kube.url, token="s3cret")
     monkeypatch.setenv("KUBECONFIG", str(path))  # KUBECONFIG, as kubectl reads it
     client = KubeClient.from_environment()
     assert client.list(Resource.SERVICES, NS) == ([], kube.resource_version)
