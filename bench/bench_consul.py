@@ -1,6 +1,8 @@
-"""Benchmark of the consul source against the Consul double (real HTTP on loopback).
+"""Benchmark of the consul source against the Consul double (real HTTP on loopback), or a
+real agent with ``--consul-addr`` (it says which it used).
 
     python bench/bench_consul.py [--services 100 1000 10000] [--samples 30] [--idle 10]
+        [--churn SERVICES PER_SECOND SECONDS] [--consul-addr http://agent:8500]
 
 For each N, the double (in a process of its own, as an agent is) holds N
 tagged services x 3 instances with passing TTL checks; consul-sync (the
@@ -314,6 +316,105 @@ async def _blocking_wake(wake: tuple[str, str], parked: anyio.Event, out: list[f
             parked.set()
 
 
+class AgentConsul:
+    """A real Consul agent (``--consul-addr``) in the double's place, through its agent API:
+    services registered on the agent's own node with TTL checks (IDs and addresses as the
+    double's ``populate`` makes them), checks set with ``/v1/agent/check/*``.  What only the
+    double can do (another node, its connection counters) answers ``None``; the bench leaves
+    those figures out and says so.  Every service it registered is deregistered at the end."""
+
+    def __init__(self, url: str, token: str = "") -> None:
+        self.url = url.rstrip("/")
+        headers = {"X-Consul-Token": token} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.registered: list[str] = []
+
+    def __enter__(self) -> AgentConsul:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for service_id in self.registered:
+            with contextlib.suppress(httpx.HTTPError):
+                self._http.put(f"/v1/agent/service/deregister/{service_id}")
+        self._http.close()
+
+    def register(
+        self,
+        name: str,
+        *,
+        service_id: str,
+        address: str,
+        port: int,
+        tags: list[str],
+        status: str = "passing",
+        node: str | None = None,
+    ) -> None:
+        if node is not None:
+            raise NotImplementedError("the agent API registers on the agent's own node")
+        body = {
+            "ID": service_id,
+            "Name": name,
+            "Tags": tags,
+            "Address": address,
+            "Port": port,
+            "Check": {"CheckID": f"service:{service_id}", "TTL": "24h", "Status": status},
+        }
+        self._http.put("/v1/agent/service/register", json=body).raise_for_status()
+        if service_id not in self.registered:
+            self.registered.append(service_id)
+
+    def populate(self, services: int, instances: int = 3) -> list[str]:
+        names = [f"svc-{i:05d}" for i in range(services)]
+        for s, name in enumerate(names):
+            for i in range(instances):
+                self.register(name, service_id=f"{name}-{i + 1}",
+                              address=populated_address(s, i + 1), port=20000 + i,
+                              tags=TAG)  # fmt: skip
+        return names
+
+    def set_check(self, check_id: str, status: str) -> None:
+        verb = {"passing": "pass", "warning": "warn", "critical": "fail"}[status]
+        self._http.put(f"/v1/agent/check/{verb}/{check_id}").raise_for_status()
+
+    def passing(self, names: list[str]) -> list[bool]:
+        answer = self._http.get("/v1/health/state/any")
+        answer.raise_for_status()
+        status = {check["CheckID"]: check["Status"] for check in answer.json()}
+        return [status.get(f"service:{name}-1") == "passing" for name in names]
+
+    def add_node(self, name: str, address: str) -> None:
+        raise NotImplementedError("the agent API cannot add another node")
+
+    def attr(self, name: str) -> Any:
+        return None  # connection counters are the double's
+
+
+def _churn_against_agent(url: str, token: str, names: list[str], rate: float, seconds: float,
+                         done: Any) -> None:  # fmt: skip
+    """In a process of its own (its CPU is not consul-sync's): flips at ``rate`` per second."""
+    with AgentConsul(url, token) as agent:
+        agent.registered = []  # (nothing of ours to deregister)
+        start, i = time.monotonic(), 0
+        while (now := time.monotonic()) - start < seconds:
+            name = names[i % len(names)]
+            status = "critical" if (i // len(names)) % 2 == 0 else "passing"
+            agent.set_check(f"service:{name}-1", status)
+            i += 1
+            time.sleep(max(0.0, start + i / rate - now))
+        done.value = i
+
+
+@contextlib.contextmanager
+def consul_target(addr: str, seed: int) -> Iterator[Any]:
+    """The Consul double (a process of its own) or, with ``--consul-addr``, a real agent."""
+    if addr:
+        with AgentConsul(addr, os.environ.get("CONSUL_HTTP_TOKEN", "")) as agent:
+            yield agent
+    else:
+        with RemoteDouble(seed=seed, max_conns_per_client=200) as double:
+            yield double
+
+
 def _churn_in_double(double: Any, names: list[str], rate: float, seconds: float) -> None:
     """Runs in the double's process: flips one instance's check every 1/rate s for
     ``seconds``, round-robin over ``names`` (so the churn costs consul-sync nothing but
@@ -336,12 +437,12 @@ def _churn_in_double(double: Any, names: list[str], rate: float, seconds: float)
     threading.Thread(target=run, daemon=True).start()
 
 
-async def churn(services: int, rate: float, seconds: float) -> dict[str, Any]:
+async def churn(services: int, rate: float, seconds: float, addr: str = "") -> dict[str, Any]:
     """CPU per applied change under sustained churn: ``rate`` health flips per second over
     ``services`` services for ``seconds``; consul-sync's process CPU from the churn's start
     until the sink holds the last state, divided by the changes the sink applied."""
     out: dict[str, Any] = {"services": services, "rate": rate, "seconds": seconds}
-    with RemoteDouble(seed=services, max_conns_per_client=200) as consul:
+    with consul_target(addr, services) as consul:
         names = consul.populate(services, 3)
         source = make_source(consul.url, wait=300, timeout=10, retry_max=10)
         sink = MemorySink()
@@ -365,9 +466,9 @@ async def churn(services: int, rate: float, seconds: float) -> dict[str, Any]:
             await anyio.sleep(1.0)
             applied = 0
             cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            consul.fn(_churn_in_double, names, rate, seconds)
+            done = start_churn(consul, names, rate, seconds)
             with anyio.fail_after(seconds + 120):
-                while consul.attr("churn_done") is None:  # noqa: ASYNC110 - polling the double
+                while done() is None:  # noqa: ASYNC110 - polling the churn
                     await anyio.sleep(0.2)
                 expected = consul_ready_states(consul, names)
                 while any(  # noqa: ASYNC110 - polling the sink
@@ -377,7 +478,7 @@ async def churn(services: int, rate: float, seconds: float) -> dict[str, Any]:
                     await anyio.sleep(0.02)
             cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
             cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-            out["changes"] = consul.attr("churn_done")
+            out["changes"] = done()
             out["applied"] = applied
             out["cpu_s"] = cpu
             out["wall_s"] = wall1 - wall0
@@ -387,8 +488,28 @@ async def churn(services: int, rate: float, seconds: float) -> dict[str, Any]:
 
 
 def consul_ready_states(consul: Any, names: list[str]) -> list[tuple[str, bool]]:
-    """(name, whether instance 0 passes) for each name, as the double holds it now."""
-    return list(zip(names, consul.fn(_passing, names), strict=True))
+    """(name, whether instance 1 passes) for each name, as Consul holds it now."""
+    states = (
+        consul.passing(names) if isinstance(consul, AgentConsul) else consul.fn(_passing, names)
+    )
+    return list(zip(names, states, strict=True))
+
+
+def start_churn(consul: Any, names: list[str], rate: float, seconds: float) -> Callable[[], Any]:
+    """Start the flips where they cost consul-sync nothing (inside the double's process, or a
+    process of their own against a real agent); returns how to ask whether they are done."""
+    if isinstance(consul, AgentConsul):
+        import multiprocessing
+
+        done = multiprocessing.Value("q", -1)
+        token = os.environ.get("CONSUL_HTTP_TOKEN", "")
+        process = multiprocessing.Process(
+            target=_churn_against_agent, args=(consul.url, token, names, rate, seconds, done)
+        )
+        process.start()
+        return lambda: None if done.value < 0 else done.value
+    consul.fn(_churn_in_double, names, rate, seconds)
+    return lambda: consul.attr("churn_done")
 
 
 def _passing(double: Any, names: list[str]) -> list[bool]:
@@ -402,14 +523,16 @@ def ready_of(objects: dict[ServiceKey, DesiredService], name: str, address: str)
     return next((e.ready for e in service.endpoints if e.address == address), None)
 
 
-async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any]:
+async def bench(n: int, samples: int, idle: float, sweeps: int, addr: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {"services": n}
-    with RemoteDouble(seed=n, max_conns_per_client=200) as consul:
+    with consul_target(addr, n) as consul:
+        double = not isinstance(consul, AgentConsul)
         started = time.monotonic()
         names = consul.populate(n, 3)
-        consul.add_node("bench-node", "10.252.0.1")
-        consul.register("bench-on-node", service_id="bench-on-node-1", address="", port=80,
-                        tags=TAG, status="passing", node="bench-node")  # fmt: skip
+        if double:  # another node: catalog writes only the double takes here
+            consul.add_node("bench-node", "10.252.0.1")
+            consul.register("bench-on-node", service_id="bench-on-node-1", address="", port=80,
+                            tags=TAG, status="passing", node="bench-node")  # fmt: skip
         out["populate_s"] = time.monotonic() - started
         source = make_source(consul.url, wait=300, timeout=10, retry_max=10)
         source.retry_base = 0.5
@@ -425,7 +548,7 @@ async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any
             started = time.monotonic()
             await tg.start(runtime.run)
             with anyio.fail_after(600):
-                while len(sink.objects) < n + 1:  # noqa: ASYNC110 - polling the sink is the point
+                while len(sink.objects) < n + double:  # noqa: ASYNC110 - polling the sink
                     await anyio.sleep(0.01)
             out["initial_sync_s"] = time.monotonic() - started
 
@@ -478,7 +601,7 @@ async def bench(n: int, samples: int, idle: float, sweeps: int) -> dict[str, Any
                     )
                 )
             node_moves: list[tuple[float, float]] = []
-            for i in range(samples):
+            for i in range(samples if double else 0):
                 address = f"10.252.{1 + i // 250}.{1 + i % 250}"
                 node_moves.append(
                     await watch.measure(
@@ -560,8 +683,21 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=["new", "old"], default="new", help="the client the source uses"
     )
+    parser.add_argument(
+        "--consul-addr",
+        default="",
+        help="a real Consul agent (http://host:8500) instead of the double; services are "
+        "registered on its node and deregistered at the end (token: CONSUL_HTTP_TOKEN)",
+    )
     args = parser.parse_args()
     print(f"consul-sync consul source benchmark (pid {os.getpid()}, {os.cpu_count()} CPUs)")
+    if args.consul_addr:
+        print(f"against a real Consul agent at {args.consul_addr} (agent API writes)")
+        if args.read_seconds > 0:
+            print("  (per-read client costs are measured against the double only: skipped)")
+            args.read_seconds = 0
+    else:
+        print("against the Consul double (tests/fakes/consul_double.py, a process of its own)")
     if args.read_seconds > 0:
         read_costs(
             args.old_ref, args.read_seconds, args.rounds, args.read_services, args.read_schemes
@@ -575,7 +711,7 @@ def main() -> None:
             _run_bench(n, args, args.client)
     services, rate, seconds = args.churn
     if services > 0:
-        result = anyio.run(churn, int(services), rate, seconds)
+        result = anyio.run(churn, int(services), rate, seconds, args.consul_addr)
         print(
             f"\nSustained churn: {result['changes']} health flips at {rate:g}/s over "
             f"{int(services)} services for {seconds:g} s"
@@ -600,20 +736,24 @@ def _source_uses(client: Any) -> Iterator[None]:
 
 
 def _run_bench(n: int, args: argparse.Namespace, client: str) -> None:
-    result = anyio.run(bench, n, args.samples, args.idle, args.moves)
+    result = anyio.run(bench, n, args.samples, args.idle, args.moves, args.consul_addr)
     print(f"\nN = {n} services x 3 instances (budget 64 connections, {client} client)")
     print(
         f"  populate {result['populate_s']:.1f} s; initial sync to the sink "
         f"{result['initial_sync_s']:.2f} s"
     )
-    print(
-        f"  connections: peak {result['peak_connections']}, idle "
-        f"{result['idle_connections']}, refused by the agent {result['rejected_connections']}"
-    )
+    if result["peak_connections"] is not None:  # (the double counts them; an agent does not)
+        print(
+            f"  connections: peak {result['peak_connections']}, idle "
+            f"{result['idle_connections']}, refused by the agent {result['rejected_connections']}"
+        )
     print(row("health flip", result["flip"]))
     print(row("registration (new service)", result["registration"]))
     print(row("address change in place", result["address_change"]))
-    print(row("node address change", result["node_address_change"]))
+    if result["node_address_change"]:
+        print(row("node address change", result["node_address_change"]))
+    else:
+        print("  node address change: not measured (needs a second node: the double only)")
     print(
         f"  idle: CPU {result['idle_cpu_pct']:.2f} % of one core, RSS "
         f"{result['idle_rss_mib']:.0f} MiB; sweeps run {result['sweeps']}"
