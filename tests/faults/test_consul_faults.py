@@ -107,7 +107,16 @@ async def assert_retrying_without_spinning(metrics: Metrics) -> None:
 
 async def assert_idle(source: ConsulSource, consul: ConsulDouble, sink: FakeSink | None) -> None:
     """Converged and nothing changes: no read, sweep or write in a second,
-    and the watches stay parked (a request or two, not a loop)."""
+    and the watches stay parked (a request or two, not a loop).
+
+    First the work the last change set off (a read, a recheck) is let finish: the counters
+    must hold still for a moment (waited for, with a deadline), then the idle second counts."""
+    with anyio.fail_after(DEADLINE):
+        while True:
+            before = (source.reads, source.sweeps, source.scans)
+            await anyio.sleep(0.3)
+            if (source.reads, source.sweeps, source.scans) == before:
+                break
     reads, sweeps, scans = source.reads, source.sweeps, source.scans
     writes = len(sink.writes) if sink is not None else 0
     consul.clear_requests()
