@@ -389,19 +389,26 @@ class AgentConsul:
         return None  # connection counters are the double's
 
 
+def _flips(
+    set_check: Callable[[str, str], object], names: list[str], rate: float, seconds: float
+) -> int:
+    """Flip instance 1 of each service (check ``service:NAME-1``, address
+    ``populated_address(s, 1)``) round-robin over ``names``, ``rate`` per second for
+    ``seconds``: critical on the first round, passing on the next, ...  Returns how many."""
+    start, i = time.monotonic(), 0
+    while (now := time.monotonic()) - start < seconds:
+        name = names[i % len(names)]
+        set_check(f"service:{name}-1", "critical" if (i // len(names)) % 2 == 0 else "passing")
+        i += 1
+        time.sleep(max(0.0, start + i / rate - now))
+    return i
+
+
 def _churn_against_agent(url: str, token: str, names: list[str], rate: float, seconds: float,
                          done: Any) -> None:  # fmt: skip
     """In a process of its own (its CPU is not consul-sync's): flips at ``rate`` per second."""
     with AgentConsul(url, token) as agent:
-        agent.registered = []  # (nothing of ours to deregister)
-        start, i = time.monotonic(), 0
-        while (now := time.monotonic()) - start < seconds:
-            name = names[i % len(names)]
-            status = "critical" if (i // len(names)) % 2 == 0 else "passing"
-            agent.set_check(f"service:{name}-1", status)
-            i += 1
-            time.sleep(max(0.0, start + i / rate - now))
-        done.value = i
+        done.value = _flips(agent.set_check, names, rate, seconds)
 
 
 @contextlib.contextmanager
@@ -422,16 +429,7 @@ def _churn_in_double(double: Any, names: list[str], rate: float, seconds: float)
     import threading
 
     def run() -> None:
-        start = time.monotonic()
-        i = 0
-        while (now := time.monotonic()) - start < seconds:
-            name = names[i % len(names)]
-            status = "critical" if (i // len(names)) % 2 == 0 else "passing"
-            # (instance 1 of each service: check ``NAME-1``, address populated_address(s, 1))
-            double.set_check(f"service:{name}-1", status)
-            i += 1
-            time.sleep(max(0.0, start + i / rate - now))
-        double.churn_done = i
+        double.churn_done = _flips(double.set_check, names, rate, seconds)
 
     double.churn_done = None
     threading.Thread(target=run, daemon=True).start()
