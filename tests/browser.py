@@ -11,8 +11,10 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 #: A phone's viewport (the page must read on one).
 PHONE = "390,844"
@@ -77,3 +79,18 @@ def free_port() -> int:
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as reply:
         return str(reply.read().decode())
+
+
+def wait_ready(process: subprocess.Popen[Any], addr: str, timeout: float = 20.0) -> None:
+    """Wait until the consul-sync ``process`` serving probes on ``addr`` answers ``/readyz``
+    with "ready" (it must not exit meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if fetch(f"http://{addr}/readyz").startswith("ready"):
+                return
+        except OSError:
+            pass
+        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
+        assert time.monotonic() < deadline, "consul-sync did not become ready"
+        time.sleep(0.1)

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,16 +74,7 @@ def running(consul: ConsulDouble, tmp_path: Path) -> Iterator[str]:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if fetch(f"http://{addr}/readyz").startswith("ready"):
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "consul-sync did not become ready"
-            time.sleep(0.1)
+        browser.wait_ready(process, addr)
         yield addr
     finally:
         process.send_signal(signal.SIGTERM)

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,15 +37,7 @@ def serve(config: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if fetch(f"http://{addr}/readyz").startswith("ready"):
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        browser.wait_ready(process, addr)
         yield addr
     finally:
         process.send_signal(signal.SIGTERM)
