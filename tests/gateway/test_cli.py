@@ -8,14 +8,12 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-import anyio
 import attrs
-import pytest
 import yaml
 
 from consul_sync import DesiredService, Observed, hookimpl
 from consul_sync.cli import main
-from consul_sync.model import Change, Snapshot
+from consul_sync.model import Change
 from consul_sync.plan import plan
 from consul_sync_consul.convert import Instance, to_desired
 
@@ -26,20 +24,16 @@ GO_README_ROUTE = {
 }
 
 
+def plex_file(folder: Path, **extra: Any) -> None:
+    """plex's service definition (tags kubernetes and internal) in ``folder``."""
+    service = {"name": "plex", "tags": ["kubernetes", "internal"], "port": 32400,
+               "address": "10.0.10.100", **extra}  # fmt: skip
+    (folder / "plex.json").write_text(json.dumps({"service": service}))
+
+
 def registrator_example(tmp_path: Path) -> Path:
     """What Registrator registers for `SERVICE_TAGS=kubernetes,internal`."""
-    (tmp_path / "plex.json").write_text(
-        json.dumps(
-            {
-                "service": {
-                    "name": "plex",
-                    "tags": ["kubernetes", "internal"],
-                    "port": 32400,
-                    "address": "10.0.10.100",
-                }
-            }
-        )
-    )
+    plex_file(tmp_path)
     config = tmp_path / "local.toml"
     config.write_text(
         f"""namespace = "network"
@@ -170,19 +164,7 @@ class ThirdParty:
 
 
 def test_a_third_party_sink_reads_tags_and_meta_through_the_hooks(tmp_path: Path) -> None:
-    (tmp_path / "plex.json").write_text(
-        json.dumps(
-            {
-                "service": {
-                    "name": "plex",
-                    "tags": ["kubernetes", "internal"],
-                    "port": 32400,
-                    "address": "10.0.10.100",
-                    "meta": {"gateway-path": "/web"},
-                }
-            }
-        )
-    )
+    plex_file(tmp_path, meta={"gateway-path": "/web"})
     config = tmp_path / "c.toml"
     config.write_text(
         f'[[sources]]\nname = "files"\ntype = "file"\npath = "{tmp_path}"\n'
@@ -193,6 +175,3 @@ def test_a_third_party_sink_reads_tags_and_meta_through_the_hooks(tmp_path: Path
     assert RecorderSink.seen == [
         ("plex", ("internal", "kubernetes", "seen"), {"gateway-path": "/web", "team": "media"})
     ]
-    assert Snapshot  # the model types a plugin sees
-    assert anyio
-    assert pytest
