@@ -64,6 +64,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import rss_mib
+
 from consul_sync import Snapshot
 from consul_sync.config import Settings
 from consul_sync.metrics import Metrics
@@ -215,14 +217,6 @@ def _rates(
         (ob, om, oc, ocm), (nb, nm, nc, ncm) = summary.values()
         print(f"  {scheme:<5} {in_flight:>2} in flight  new/old: reads/s x{nb / ob:.2f} "
               f"(x{nm / om:.2f}), CPU per read x{nc / oc:.2f} (x{ncm / ocm:.2f})")  # fmt: skip
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -55,6 +55,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import rss_mib
+
 from consul_sync.cli import App, build_app
 from consul_sync.config import load_settings
 from consul_sync.metrics import Metrics
@@ -359,14 +361,6 @@ def show_problems(problems: dict[str, list[str]], limit: int = 5) -> list[str]:
 
 
 # --- measurements -------------------------------------------------------------------------
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_seconds() -> float:
