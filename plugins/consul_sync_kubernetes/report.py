@@ -7,8 +7,8 @@ a desired service's way (a name conflict), told once."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from consul_sync import SinkError
 from consul_sync.model import Change
@@ -24,9 +24,18 @@ from .view import View
 if TYPE_CHECKING:
     from consul_sync_kube.client import KubeClient
 
-    from .writer import Call
-
 log = logging.getLogger("consul_sync.kubernetes")
+
+_T = TypeVar("_T")
+
+
+class Call(Protocol):
+    """Runs one blocking API call in a worker thread (the sink's ``_call``): the report's
+    Events go through it (the writer's writes go through its own ``api``)."""
+
+    def __call__(
+        self, func: Callable[[], _T], *, expected: Collection[int] = ()
+    ) -> Awaitable[_T]: ...
 
 
 class Report:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -44,15 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("consul_sync.kubernetes")
 
 _T = TypeVar("_T")
-
-
-class Call(Protocol):
-    """Runs one blocking API call in a worker thread (the sink's ``_call``; the report's
-    Events and reads use it, the writer's writes go through its ``api``)."""
-
-    def __call__(
-        self, func: Callable[[], _T], *, expected: Collection[int] = ()
-    ) -> Awaitable[_T]: ...
 
 
 class Writer:
