@@ -435,7 +435,7 @@ class Runtime:
                 continue
             scope = keys
             if keys is not None:
-                scope = keys | {k for k, r in state.retries.items() if r.due <= self.clock()}
+                scope = keys | state.due_keys(self.clock())
             the_plan = self._plan(state, state.view, incomplete, scope)
             # A key whose plan has nothing to do for this sink any more (gone
             # from the source, now a conflict, already as desired) is done:
