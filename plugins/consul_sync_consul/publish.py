@@ -2,18 +2,23 @@
 
 * Nothing goes out before the first catalog answer has been read through
   (or has failed: then a first, incomplete snapshot goes out at once).
-* Bursts of changes are gathered (``interval``); a snapshot goes out when
-  a service changed or completeness did, with the changed keys as a hint
-  while it stays complete.
+* Leading edge: a change after a quiet ``interval`` goes out at once; what
+  comes sooner after a publish waits for the interval's end and goes
+  together (a burst of reads costs one snapshot per interval, and no change
+  waits longer than the interval). A snapshot goes out when a service
+  changed or completeness did, with the changed keys as a hint while it
+  stays complete.
 * A rename (one ID re-registered under another name) is published whole:
   the removal waits for the new name's read, bounded by the read timeout.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import anyio
+import anyio.lowlevel
 
 from consul_sync import Snapshot
 from consul_sync.model import Publish
@@ -32,12 +37,14 @@ class Publisher:
         *,
         interval: float,
         hold_for: float,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.source = source
         self.state = state
         self.complete = complete
         self.interval = interval
         self.hold_for = hold_for
+        self.clock = clock
         #: Set once a first snapshot may go out.
         self.loaded = anyio.Event()
         self._event = anyio.Event()
@@ -54,7 +61,7 @@ class Publisher:
     def hold(self, names: Iterable[str]) -> None:
         """Publish nothing (for at most ``hold_for``) until ``names`` are read."""
         self._holding |= set(names)
-        self._holding_until = anyio.current_time() + self.hold_for
+        self._holding_until = self.clock() + self.hold_for
 
     def read(self, name: str) -> None:
         """``name`` was read (or failed, or is gone)."""
@@ -66,9 +73,10 @@ class Publisher:
     async def run(self, publish: Publish) -> None:
         await self.loaded.wait()
         first = True
+        last = -math.inf
         while True:
             self._event = anyio.Event()
-            held = self._holding_until - anyio.current_time() if self._holding else 0.0
+            held = self._holding_until - self.clock() if self._holding else 0.0
             if held > 0 and not first:
                 # A rename's removal waits for its new name's read (bounded
                 # by the read timeout).
@@ -85,5 +93,10 @@ class Publisher:
                 await publish(Snapshot(self.source, dict(self.state.services), complete, hint))
                 self._last_complete = complete
                 first = False
+                last = self.clock()
             await self._event.wait()
-            await anyio.sleep(self.interval)
+            quiet = self.clock() - last
+            if quiet < self.interval:
+                await anyio.sleep(self.interval - quiet)
+            else:
+                await anyio.lowlevel.checkpoint()  # what the same moment brings goes too
