@@ -18,7 +18,9 @@ It reports:
   catalog/services);
 * registration of a new service -> the runtime / the sink (same);
 * an address change in place (found by the instance scan, no sweep) -> the
-  runtime / the sink (same, over ``--moves`` changes);
+  runtime / the sink, over ``--moves`` changes; its floor is Consul's wake on
+  catalog/services (the index moves, the body does not: what follows is the
+  scan, one ``catalog/node-services`` answer per node);
 * a node's own address changing (the nodes watch), for an instance without
   an address of its own -> the runtime / the sink;
 * consul-sync's CPU (percent of one core) and memory (RSS) while idle.
@@ -579,7 +581,7 @@ async def bench(n: int, samples: int, idle: float, sweeps: int, addr: str = "") 
                         wake=(consul.url, "/v1/catalog/services"),
                     )
                 )
-            moves: list[tuple[float, float]] = []
+            moves: list[tuple[float, ...]] = []
             for i, index in enumerate(rng.sample(range(n), min(sweeps, n))):
                 name = names[index]
                 address = f"10.251.0.{i + 1}"
@@ -597,6 +599,7 @@ async def bench(n: int, samples: int, idle: float, sweeps: int, addr: str = "") 
                             ready_of(o, name, address) is not None
                         ),
                         limit=300,
+                        wake=(consul.url, "/v1/catalog/services"),
                     )
                 )
             node_moves: list[tuple[float, float]] = []

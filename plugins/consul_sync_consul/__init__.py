@@ -8,7 +8,7 @@ Where things live (docs/consul-source.md has the why):
   to them; ``config`` -- its settings and what they mean for the requests.
 * ``watch`` -- the blocking watches (catalog, health state, nodes) and Consul's index
   rules; ``reader`` -- the reader pool (rechecks, retries); ``explain`` -- in-place
-  changes (the instance scan, ``moved``); ``status`` -- failures and completeness;
+  changes (the instance scan, ``moved_names``); ``status`` -- failures and completeness;
   ``publish`` -- when a snapshot goes to the runtime.
 * ``state`` -- what is known, as desired services (pure); ``parse`` -- Consul's answers
   as plain values (pure); ``convert`` -- instances -> a desired service, shared with

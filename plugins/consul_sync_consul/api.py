@@ -177,8 +177,10 @@ class ConsulAPI:
         *,
         index: int = 0,
         wait: float | None = None,
+        raw: bool = False,
     ) -> Reply:
         """GET ``path``; a blocking read when ``index`` > 0 and ``wait`` is set.
+        ``raw``: the body is handed over as bytes, for the caller to decode.
 
         An index of 0 is never sent: Consul would answer at once anyway, and
         the caller's loop would spin.
@@ -200,12 +202,7 @@ class ConsulAPI:
         answer = await self._transport.get(target, headers, read_timeout)
         if answer.status != 200:
             raise _status_error(path, answer.status, answer.body)
-        try:
-            data = _decode(answer.body)
-        except ValueError as exc:
-            raise BadAnswer(
-                f"GET {path}: malformed or truncated JSON ({len(answer.body)} bytes): {exc}"
-            ) from None
+        data = answer.body if raw else decode(path, answer.body)
         raw_index = answer.headers.get("x-consul-index")
         parsed_index: int | None = None
         if raw_index is not None:
@@ -223,6 +220,16 @@ class ConsulAPI:
 
 #: Answers at least this large are decoded with the cyclic GC paused.
 _LARGE_BODY = 1024 * 1024
+
+
+def decode(path: str, body: bytes) -> Any:
+    """The JSON of an answer to ``GET path``; :class:`BadAnswer` when it is not JSON."""
+    try:
+        return _decode(body)
+    except ValueError as exc:
+        raise BadAnswer(
+            f"GET {path}: malformed or truncated JSON ({len(body)} bytes): {exc}"
+        ) from None
 
 
 def _decode(body: bytes) -> Any:

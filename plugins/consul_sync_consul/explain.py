@@ -5,7 +5,7 @@ address, port or meta), and nothing in the catalog's body says which
 service.  The :class:`Explainer` finds out, cheapest first:
 
 1. a scan of every node's tagged instances (``catalog/node-services``,
-   Consul >= 1.7): :func:`moved` compares it with the previous scan and
+   Consul >= 1.7): :func:`moved_names` compares it with the previous scan and
    with what each service's last read returned (:class:`ReadMemory`);
 2. without the scan (agent too old, or it failed): a read that a watch
    triggered may already have returned that very index; then one read of
@@ -36,38 +36,28 @@ log = logging.getLogger("consul_sync.consul")
 Members = frozenset[tuple[str, str]]
 
 
-def moved(
-    name: str,
-    scan: parse.Instances,
-    previous: parse.Instances | None,
-    read_index: Mapping[str, int],
-    read_members: Mapping[str, Members],
-) -> bool:
-    """Whether ``name`` must be read again after the instance scan ``scan``.
-
-    Yes when one of its instances has a ``ModifyIndex`` above the index its
-    last read returned (changed or new since), when an instance its last
-    read gave is gone (deregistered, or lost the tag), or when its
-    instances differ from the ``previous`` scan's.
-    """
-    now = scan.get(name, {})
-    read = read_index.get(name)
-    if read is not None and any(index > read for index in now.values()):
-        return True  # re-registered, or new, since its last read
-    if not read_members.get(name, frozenset()) <= now.keys():
-        return True  # an instance it had is gone, or lost the tag
-    return previous is not None and previous.get(name, {}) != now
-
-
 def moved_names(
-    names: Iterable[str],
-    scan: parse.Instances,
-    previous: parse.Instances | None,
+    tagged: AbstractSet[str],
+    scan: parse.Scan,
+    previous: parse.Scan | None,
     read_index: Mapping[str, int],
-    read_members: Mapping[str, Members],
+    read_keys: Mapping[str, frozenset[str]],
 ) -> set[str]:
-    """The ``names`` that :func:`moved` says to read."""
-    return {name for name in names if moved(name, scan, previous, read_index, read_members)}
+    """The ``tagged`` names to read again after the instance scan ``scan``.
+
+    A name is read when one of its instances has a ``ModifyIndex`` above the index its
+    last read returned (changed or new since), when an instance its last read gave
+    (``read_keys``: :func:`parse.instance_key` of each) is gone (deregistered, or lost
+    the tag), or when its instances differ from the ``previous`` scan's.
+    """
+    names = {name for name, top in scan.top.items() if top > read_index.get(name, top)}
+    now = scan.indexes.keys()
+    names.update(name for name, keys in read_keys.items() if not keys <= now)
+    if previous is not None:
+        names.update(
+            parse.name_of(key) for key, _ in scan.indexes.items() ^ previous.indexes.items()
+        )
+    return names & tagged
 
 
 def membership_changes(
@@ -88,8 +78,8 @@ class ReadMemory:
     def __init__(self) -> None:
         #: Consul name -> the index its last read returned.
         self.index: dict[str, int] = {}
-        #: Consul name -> every instance its last read gave.
-        self.members: dict[str, Members] = {}
+        #: Consul name -> every instance its last read gave (:func:`parse.instance_key`).
+        self.members: dict[str, frozenset[str]] = {}
         #: Consul name -> its instances that have checks.
         self.checked: dict[str, Members] = {}
         #: The indexes recent reads returned.
@@ -100,7 +90,7 @@ class ReadMemory:
         if index:
             self.indexes.append(index)
             self.index[name] = index
-        self.members[name] = frozenset((e.node, e.id) for e in entries)
+        self.members[name] = frozenset(parse.instance_key(name, e.node, e.id) for e in entries)
         self.checked[name] = frozenset((e.node, e.id) for e in entries if e.service_checks)
 
     def forget(self, name: str) -> None:
@@ -142,7 +132,7 @@ class Explainer:
         self.unexplained: set[int] = set()
         self._event = anyio.Event()
         #: The last in-place scan's tagged instances.
-        self.scan: parse.Instances | None = None
+        self.scan: parse.Scan | None = None
         #: False once the agent answered 404/405 to catalog/node-services.
         self.scan_supported = True
         self.scans = 0
@@ -209,7 +199,7 @@ class Explainer:
         reach ``target``."""
         if not self.scan_supported:
             return None
-        instances: parse.Instances = {}
+        instances = parse.Scan()
         indexes: list[int] = []
         failures: list[Exception] = []
         try:
@@ -226,10 +216,10 @@ class Explainer:
                     return
                 try:
                     reply = await self.api.get(
-                        NODE_SERVICES + quote(node, safe=""), self.node_services_params
+                        NODE_SERVICES + quote(node, safe=""), self.node_services_params, raw=True
                     )
                     with gc_paused():  # 30,000 instances at 10,000 services
-                        parse.node_services(node, reply.body, instances)
+                        parse.node_services_bytes(node, reply.body, instances)
                 except (ConsulError, parse.Malformed) as exc:
                     failures.append(exc)
                     return
@@ -258,7 +248,8 @@ class Explainer:
         self.scans += 1
         previous, self.scan = self.scan, instances
         memory = self.memory
-        return moved_names(self.state.tagged, instances, previous, memory.index, memory.members)
+        with gc_paused():  # the scan's 40,000 fresh containers would be walked meanwhile
+            return moved_names(self.state.tagged, instances, previous, memory.index, memory.members)
 
     async def _membership_changes(self) -> set[str] | None:
         """Names whose instances with checks differ from what we read last."""

@@ -48,6 +48,8 @@ class CatalogState:
         self.include_proxies = include_proxies
         self.warn = warn
         self.catalog: dict[str, tuple[str, ...]] | None = None
+        #: The mapping the last ``set_catalog`` was given (never changed by anyone).
+        self._given: Mapping[str, tuple[str, ...]] | None = None
         self.tagged: set[str] = set()
         #: Consul name -> its instances as last read (tagged ones only).
         self.entries: dict[str, tuple[Entry, ...]] = {}
@@ -67,6 +69,11 @@ class CatalogState:
     # --- inputs ---------------------------------------------------------------
 
     def set_catalog(self, catalog: Mapping[str, tuple[str, ...]]) -> CatalogDiff:
+        if catalog is self._given and self.catalog is not None:
+            # The very mapping taken last time (the watch hands it again when the
+            # answer's bytes did not change): nothing to compare.
+            return CatalogDiff(frozenset(), frozenset(), body_changed=False)
+        self._given = catalog
         old = self.catalog or {}
         new_tagged = tagged_names(catalog, self.tag)
         removed = self.tagged - new_tagged

@@ -23,7 +23,7 @@ import attrs
 from consul_sync.backoff import Backoff
 
 from . import parse
-from .api import ConsulAPI, ConsulError, Reply
+from .api import ConsulAPI, ConsulError, Reply, decode
 from .reader import Reader
 from .state import CatalogState
 from .status import Status
@@ -91,17 +91,28 @@ class Watcher:
         failed read or a malformed answer calls ``on_error`` and backs off,
         and the next read starts again from index 0 (a plain read).  The
         index is never sent back as 0, and goes back to 0 when it decreases.
+
+        An answer whose bytes are those of the last one is not decoded again:
+        ``handle`` gets the very same value.  (When a service is re-registered
+        in place, the catalog's index moves but its body does not; at 10,000
+        services, decoding and parsing it cost ~15 ms, comparing it ~10 ms more.)
         """
         index = 0
         backoff = self.new_backoff()
+        last: tuple[bytes, _T] | None = None
         while True:
             try:
                 reply = await self._get(path, params, index)
                 if reply is None:  # restarted: the token changed
                     index = 0
                     continue
-                value = parse_body(reply.body)
+                if last is not None and last[0] == reply.body:
+                    value = last[1]
+                else:
+                    value = parse_body(decode(path, reply.body))
+                    last = (reply.body, value)
             except (ConsulError, parse.Malformed) as exc:
+                last = None
                 self.failed(which, exc)
                 on_error()
                 index = 0
@@ -121,7 +132,7 @@ class Watcher:
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                return await self.api.get(path, params, index=index, wait=self.wait)
+                return await self.api.get(path, params, index=index, wait=self.wait, raw=True)
             finally:
                 self._scopes.discard(scope)
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from consul_sync_consul import parse
@@ -132,3 +134,79 @@ def test_health_of_maintenance_beats_everything() -> None:
 
 def test_bexpr_string_escapes() -> None:
     assert parse.bexpr_string('a"b\\c') == '"a\\"b\\\\c"'
+
+
+# --- catalog/node-services, read from its bytes --------------------------------
+
+#: One instance as Consul 1.10 encodes it (every field of a NodeService), with Meta keys
+#: that share the names of the fields read: only the instance's own fields count.
+_WEB_1 = {
+    "ID": "web-1",
+    "Service": "web",
+    "Tags": ["kubernetes"],
+    "Address": "10.1.0.11",
+    "TaggedAddresses": {"lan_ipv4": {"Address": "10.1.0.11", "Port": 8080}},
+    "Meta": {"ID": "other", "Service": "other", "ModifyIndex": "7"},
+    "Port": 8080,
+    "Weights": {"Passing": 1, "Warning": 1},
+    "EnableTagOverride": False,
+    "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
+    "Connect": {},
+    "CreateIndex": 12,
+    "ModifyIndex": 40,
+}
+
+
+@pytest.fixture(params=["msgspec", "json"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the scan's answer is decoded: msgspec, and the json module where msgspec
+    has no wheel. They must agree."""
+    if request.param == "json":
+        monkeypatch.setattr(parse, "MSGSPEC", False)
+    else:
+        assert parse.MSGSPEC, "msgspec is a dependency on this platform"
+    return str(request.param)
+
+
+def test_node_services_bytes_reads_each_instance_s_own_id_name_and_index(decoder: str) -> None:
+    db = {**_WEB_1, "ID": "db-1", "Service": "db", "Meta": None, "ModifyIndex": 41}
+    answer = {"Node": {"Node": "node-a", "Address": "10.1.0.1"}, "Services": [_WEB_1, db]}
+    into = parse.Scan()
+    into.add("web", "node-b", "web-2", 30)
+    parse.node_services_bytes("node-a", json.dumps(answer).encode(), into)
+    key = parse.instance_key
+    assert into.indexes == {
+        key("web", "node-b", "web-2"): 30,
+        key("web", "node-a", "web-1"): 40,
+        key("db", "node-a", "db-1"): 41,
+    }
+    assert into.top == {"web": 40, "db": 41}
+    assert parse.name_of(key("web", "node-a", "web-1")) == "web"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"Node": null, "Services": []}', b'{"Node": null, "Services": null}', b'{"Node": null}'],
+)
+def test_node_services_bytes_of_an_unknown_or_empty_node_adds_nothing(
+    decoder: str, raw: bytes
+) -> None:
+    into = parse.Scan()
+    parse.node_services_bytes("gone", raw, into)
+    assert into == parse.Scan()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"Services": [{"ID": "web-1", "Service": "web"',  # truncated
+        b"<html>proxy error</html>",
+        b'{"Services": {"web-1": {}}}',
+        b'{"Services": [{"ID": "web-1", "Service": "web"}]}',  # no ModifyIndex
+        b'{"Services": [{"ID": "web-1", "Service": "web", "ModifyIndex": "40"}]}',
+        b"[]",
+    ],
+)
+def test_node_services_bytes_rejects_other_shapes_naming_the_node(decoder: str, raw: bytes) -> None:
+    with pytest.raises(parse.Malformed, match="catalog/node-services/node-a"):
+        parse.node_services_bytes("node-a", raw, parse.Scan())

@@ -430,3 +430,39 @@ async def test_a_rename_is_published_whole(consul: ConsulDouble) -> None:
         )
         for snapshot in seen.snapshots[first:]:
             assert {("network", "api"), ("network", "Api")} & set(snapshot.services)
+
+
+async def test_an_answer_with_the_bytes_of_the_last_is_not_decoded_again(
+    consul: ConsulDouble,
+) -> None:
+    """In place, the catalog's index moves and its body does not: the watch hands the
+    value it already has (and the catalog state compares nothing); a new body is parsed."""
+    source = make_source(consul)
+    parsed: list[object] = []
+    seen: list[tuple[object, int]] = []
+
+    def parse_body(body: object) -> object:
+        parsed.append(body)
+        return dict(body)  # type: ignore[call-overload]
+
+    async def until(count: int) -> None:
+        with anyio.fail_after(DEADLINE):
+            while len(seen) < count:
+                await anyio.sleep(0.01)
+
+    watch = source.watcher.long_poll
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, "catalog", "/v1/catalog/services", {}, parse_body,
+                      lambda value, _old, new: seen.append((value, new)))  # fmt: skip
+        await until(1)
+        consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        await until(2)
+        consul.register("api", service_id="api-1", address="10.1.0.50", port=80, tags=TAG)
+        await until(3)
+        tg.cancel_scope.cancel()
+    await source.aclose()
+    (first, index1), (again, index2), (new, _) = seen
+    assert index2 > index1 and again is first  # the index moved; the same value, not parsed
+    assert new is not first and "api" in new  # type: ignore[operator]
+    assert len(parsed) == 2

@@ -28,7 +28,10 @@ def lock_entries() -> dict[str, tuple[str, list[str]]]:
         if not line:
             continue
         assert not line.startswith("-"), f"options do not belong in the lockfile: {line}"
-        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s+--hash=\S+)*)", line)
+        # name==version, an environment marker perhaps (msgspec: where it has wheels), hashes
+        match = re.fullmatch(
+            r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)(?:\s*;[^-]+?)?((?:\s+--hash=\S+)*)", line
+        )
         assert match, f"not an exact pin with hashes: {line}"
         hashes = re.findall(r"--hash=(\S+)", match.group(3))
         entries[canonical(match.group(1))] = (match.group(2), hashes)
