@@ -248,8 +248,7 @@ class Explainer:
         self.scans += 1
         previous, self.scan = self.scan, instances
         memory = self.memory
-        with gc_paused():  # the scan's 40,000 fresh containers would be walked meanwhile
-            return moved_names(self.state.tagged, instances, previous, memory.index, memory.members)
+        return moved_names(self.state.tagged, instances, previous, memory.index, memory.members)
 
     async def _membership_changes(self) -> set[str] | None:
         """Names whose instances with checks differ from what we read last."""
