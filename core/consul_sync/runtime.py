@@ -37,12 +37,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import attrs
 import pluggy
 from anyio.abc import TaskStatus
 
 from . import backoff
+from .coalesce import wait_out
 from .config import Settings
 from .errors import SinkError
 from .metrics import Metrics
@@ -323,17 +323,10 @@ class Runtime:
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
             if self._wake.is_set():
-                # Leading-edge coalescing: a change after a quiet period is
-                # planned at once; changes that come while a pass runs, or
-                # within the window after it, wait for the window to end
-                # and go together.  So a burst costs one pass more, and no
-                # change waits longer than the window behind another.
+                # Leading-edge coalescing (consul_sync.coalesce): changes that come while
+                # a pass runs, or within the window after it, go together.
                 window = float(self.settings.coalesce_window)
-                quiet = self.clock() - self._last_pass_end
-                if quiet < window:
-                    await anyio.sleep(window - quiet)
-                else:
-                    await anyio.lowlevel.checkpoint()  # what the same moment brings goes too
+                await wait_out(window, self._last_pass_end, self.clock)
             self._wake = anyio.Event()
             result = await self._guarded_pass()
             if result is not None and any(p.changes for p in result.plans.values()):

@@ -18,9 +18,9 @@ import math
 from collections.abc import Callable, Iterable
 
 import anyio
-import anyio.lowlevel
 
 from consul_sync import Snapshot
+from consul_sync.coalesce import wait_out
 from consul_sync.model import Publish
 
 from .state import CatalogState
@@ -95,8 +95,4 @@ class Publisher:
                 first = False
                 last = self.clock()
             await self._event.wait()
-            quiet = self.clock() - last
-            if quiet < self.interval:
-                await anyio.sleep(self.interval - quiet)
-            else:
-                await anyio.lowlevel.checkpoint()  # what the same moment brings goes too
+            await wait_out(self.interval, last, self.clock)
