@@ -366,12 +366,8 @@ def node_services_bytes(node: str, raw: bytes, into: Scan) -> None:
         answer = _node_services_decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError included: a field missing or odd
         raise Malformed(f"catalog/node-services/{node}: {exc}") from None
-    indexes, top = into.indexes, into.top
     for item in answer.Services or ():
-        name, index = item.Service, item.ModifyIndex
-        indexes[f"{name}\x00{node}\x00{item.ID}"] = index  # instance_key, inlined: 30,000 calls
-        if index > top.get(name, -1):
-            top[name] = index
+        into.add(item.Service, node, item.ID, item.ModifyIndex)
 
 
 def node_checks(checks: Checks) -> dict[str, tuple[tuple[str, str], ...]]:
