@@ -26,7 +26,7 @@ from consul_sync.testing import FakeSink
 from consul_sync_consul.source import ConsulSource
 from tests.consul.helpers import NS, Collector, captured, counter, make_source, ready, running
 from tests.consul.schemes import double_options_fixture, pki_fixture  # noqa: F401
-from tests.fakes.consul_double import ConsulDouble
+from tests.fakes.consul_double import ConsulDouble, FaultKind
 
 pytestmark = pytest.mark.anyio
 
@@ -296,6 +296,36 @@ async def test_acl_403(acl_consul: ConsulDouble, tmp_path: Path) -> None:
             await assert_idle(source, consul, sink)
     assert any("403" in line and str(token_file) in line for line in lines)
     assert not any(read in line for line in lines)
+
+
+# --- the instance scan's answer is broken ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["truncated_json", "malformed_json"])
+async def test_a_broken_instance_scan_answer_during_an_in_place_change(
+    consul: ConsulDouble, kind: FaultKind
+) -> None:
+    """catalog/node-services is decoded from its bytes (msgspec, or json): an answer that
+    does not decode fails the scan, which falls back to finding the change another way.
+    Nothing is deleted, the change arrives, nothing loops."""
+    source, sink, metrics = make_source(consul), FakeSink(), Metrics()
+    async with synced(source, sink, metrics):
+        await until(lambda: addresses(sink).get("web") == {"10.1.0.11"}, "the first sync")
+        scans = source.scans
+        consul.inject_fault(kind, times=None, path_prefix="/v1/catalog/node-services/")
+        consul.register("web", service_id="web-1", address="10.1.0.99", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        await until(lambda: addresses(sink).get("web") == {"10.1.0.99"}, "web-1 moved")
+        assert source.scans == scans  # no scan got through: the fallback found it
+        assert deletes(sink) == set()
+        assert set(addresses(sink)) == set(SERVICES)
+        await assert_idle(source, consul, sink)
+        consul.clear_faults()
+        consul.register("db", service_id="db-1", address="10.1.0.21", port=8080, tags=TAG,
+                        status="passing")  # fmt: skip
+        await until(lambda: addresses(sink).get("db") == {"10.1.0.21"}, "db-1 moved")
+        assert source.scans > scans  # the scan is back in use
+        assert deletes(sink) == set()
 
 
 # --- the index goes backwards --------------------------------------------------
